@@ -1,0 +1,1 @@
+"""Runbook-as-code: typed model, YAML loader with line numbers, matchers and sandboxed templating."""

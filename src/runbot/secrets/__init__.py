@@ -1,0 +1,1 @@
+"""Secret providers behind the engine's SecretProvider port."""

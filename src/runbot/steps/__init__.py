@@ -1,0 +1,1 @@
+"""Step plugins: one module per family, registered by name in registry.py."""
