@@ -163,19 +163,18 @@ def analyze(text: str) -> TemplateRefs:
 
     refs.names = set(meta.find_undeclared_variables(ast))
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        base = node.node
+        base = getattr(node, "node", None)
         if isinstance(base, nodes.Name) and base.name in ("steps", "params"):
             key: str | None = None
             if isinstance(node, nodes.Getattr):
                 key = node.attr
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 key = node.arg.value
             if key is not None:
                 (refs.steps if base.name == "steps" else refs.params).add(key)
     for call in ast.find_all(nodes.Call):
-        if isinstance(call.node, nodes.Name) and call.node.name == "secret":
-            if call.args and isinstance(call.args[0], nodes.Const):
-                refs.secrets.append(str(call.args[0].value))
+        if isinstance(call.node, nodes.Name) and call.node.name == "secret" and call.args and isinstance(call.args[0], nodes.Const):
+            refs.secrets.append(str(call.args[0].value))
     return refs
 
 

@@ -1,0 +1,1 @@
+"""Tamper-evident audit trail: append with a hash chain, verify, export."""

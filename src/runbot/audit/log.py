@@ -1,0 +1,157 @@
+"""Append-only, hash-chained audit events.
+
+Each event's hash is SHA-256 over its canonical JSON (which includes the previous event's hash), so an
+edited row breaks its own hash and a deleted row breaks the link to the next one or the head record.
+Appends run inside the caller's transaction: if the audit write fails, the action it records does not
+commit either (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from runbot.store.tables import AuditEvent, AuditHead
+from runbot.store.types import utcnow
+
+GENESIS = "0" * 64
+EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
+HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+CONTENT_FIELDS = (
+    "seq", "ts", "actor", "action", "run_id", "step_id", "incident_id",
+    "runbook", "runbook_version", "outcome", "details", "prev_hash",
+)  # fmt: skip
+
+
+@dataclass
+class Event:
+    action: str
+    actor: str = "system"
+    run_id: str | None = None
+    step_id: str | None = None
+    incident_id: str | None = None
+    runbook: str | None = None
+    runbook_version: str | None = None
+    outcome: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    ts: datetime | None = None
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    body = {k: record.get(k) for k in CONTENT_FIELDS}
+    ts = body["ts"]
+    if isinstance(ts, datetime):
+        body["ts"] = _iso(ts)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def event_hash(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def append(conn: Connection, events: Iterable[Event]) -> list[dict[str, Any]]:
+    """Append events in order inside the caller's transaction and move the head."""
+    events = list(events)
+    if not events:
+        return []
+    q = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    head = conn.execute(q).first()
+    if head is None:
+        conn.execute(insert(HEAD).values(id=1, seq=0, hash=GENESIS))
+        seq, prev = 0, GENESIS
+    else:
+        seq, prev = head.seq, head.hash
+    rows = []
+    now = utcnow()
+    for ev in events:
+        seq += 1
+        # microsecond precision survives every backend, so the hash recomputes identically after a read
+        row = {
+            "seq": seq,
+            "ts": (ev.ts or now).replace(microsecond=(ev.ts or now).microsecond),
+            "actor": ev.actor,
+            "action": ev.action,
+            "run_id": ev.run_id,
+            "step_id": ev.step_id,
+            "incident_id": ev.incident_id,
+            "runbook": ev.runbook,
+            "runbook_version": ev.runbook_version,
+            "outcome": ev.outcome,
+            "details": json.loads(json.dumps(ev.details, default=str)) if ev.details else {},
+            "prev_hash": prev,
+        }
+        row["hash"] = prev = event_hash(row)
+        rows.append(row)
+    conn.execute(insert(EVENTS), rows)
+    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
+    return rows
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    count: int
+    head_seq: int
+    head_hash: str
+    problem: str | None = None
+    broken_seq: int | None = None
+
+
+def verify_records(records: Iterator[dict[str, Any]], head: tuple[int, str] | None) -> VerifyResult:
+    """Walk the chain in order; name the first event that does not fit. `head` is (seq, hash) if anchored."""
+    expected_prev, expected_seq, count = GENESIS, None, 0
+    last_seq, last_hash = 0, GENESIS
+    for rec in records:
+        seq = int(rec["seq"])
+        if expected_seq is not None and seq != expected_seq:
+            return VerifyResult(False, count, last_seq, last_hash,
+                                f"event {expected_seq} is missing (deleted?): the chain jumps from {last_seq} to {seq}",
+                                expected_seq)  # fmt: skip
+        if rec["prev_hash"] != expected_prev:
+            return VerifyResult(False, count, last_seq, last_hash,
+                                f"event {seq} does not link to event {last_seq}: prev_hash differs", seq)
+        actual = event_hash(rec)
+        if actual != rec["hash"]:
+            return VerifyResult(False, count, last_seq, last_hash,
+                                f"event {seq} ({rec.get('action')}) was modified: its content no longer matches its hash",
+                                seq)  # fmt: skip
+        expected_prev = last_hash = rec["hash"]
+        last_seq = seq
+        expected_seq = seq + 1
+        count += 1
+    if head is not None:
+        head_seq, head_hash = head
+        if head_seq != last_seq or head_hash != last_hash:
+            return VerifyResult(False, count, last_seq, last_hash,
+                                f"the chain ends at event {last_seq} but the head records event {head_seq}: "
+                                "events were removed from the end", last_seq + 1)  # fmt: skip
+    return VerifyResult(True, count, last_seq, last_hash)
+
+
+def iter_db_records(conn: Connection, batch: int = 5000) -> Iterator[dict[str, Any]]:
+    last = 0
+    while True:
+        rows = conn.execute(select(EVENTS).where(EVENTS.c.seq > last).order_by(EVENTS.c.seq).limit(batch)).mappings().all()
+        if not rows:
+            return
+        for r in rows:
+            yield dict(r)
+        last = rows[-1]["seq"]
+
+
+def verify_db(conn: Connection) -> VerifyResult:
+    head_row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
+    head = (head_row.seq, head_row.hash) if head_row else (0, GENESIS)
+    return verify_records(iter_db_records(conn), head)

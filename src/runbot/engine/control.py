@@ -1,0 +1,256 @@
+"""Commands from the outside (intake, Slack, CLI) that change run state: create, cancel, decide, vote, freeze.
+
+Each is one transaction with its audit events; the worker picks the change up through `wake_at`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from runbot.audit import log as audit
+from runbot.domain import Decision, RunStatus, StepStatus
+from runbot.engine.state import APPROVALS, CONTROLS, RUNS, STEPS, TIMERS, VERSIONS, VOTES, new_id
+from runbot.runbooks.loader import LoadedRunbook, RunbookError, parse_source
+from runbot.runbooks.templating import TemplateFailure, render
+from runbot.store.types import utcnow
+
+if TYPE_CHECKING:
+    from runbot.settings import Settings
+    from runbot.steps.registry import StepRegistry
+    from runbot.store.db import Database
+
+
+class CommandError(ValueError):
+    """A refused command; the message is meant for the person who gave it."""
+
+
+def load_version(db: Database, version_id: int) -> LoadedRunbook:
+    with db.read() as conn:
+        row = conn.execute(select(VERSIONS).where(VERSIONS.c.id == version_id)).mappings().one()
+    book, problems = parse_source(row["source"], row["source_path"], None)
+    if book is None:
+        raise RunbookError(problems)
+    return book
+
+
+def register_version(conn: Connection, book: LoadedRunbook) -> int:
+    row = conn.execute(select(VERSIONS.c.id).where(VERSIONS.c.name == book.name,
+                                                   VERSIONS.c.version_hash == book.version_hash)).first()  # fmt: skip
+    if row is not None:
+        return int(row.id)
+    res = conn.execute(insert(VERSIONS).values(name=book.name, version_hash=book.version_hash,
+                                               source_path=book.path, source=book.source, loaded_at=utcnow()))  # fmt: skip
+    return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+@dataclass
+class VoteResult:
+    status: str  # the approval's status after this vote
+    approvals: int
+    needed: int
+    message: str
+
+
+class ControlMixin:
+    db: Database
+    settings: Settings
+    registry: StepRegistry
+
+    def wake(self) -> None:  # provided by Engine
+        raise NotImplementedError
+
+    # ---- runs -------------------------------------------------------------------------------------------------
+
+    def create_run(self, book: LoadedRunbook, *, alert: dict[str, Any] | None = None, alert_id: str | None = None,
+                   incident_id: str | None = None, params: dict[str, Any] | None = None, requester: str = "system",
+                   manual: bool = False, conn: Connection | None = None) -> str:  # fmt: skip
+        """Record a new run (pending). With `conn`, joins the caller's transaction (intake commits alert+run)."""
+        try:
+            resolved = book.spec.resolve_params(params or {})
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        run_id = new_id("r")
+        key = None
+        if book.spec.concurrency is not None:
+            scope = {"alert": alert or {}, "params": resolved, "incident": {}, "steps": {},
+                     "run": {"id": run_id, "runbook": book.name, "requester": requester}}  # fmt: skip
+            try:
+                key = str(render(book.spec.concurrency.key, scope))
+            except TemplateFailure as exc:
+                raise CommandError(f"concurrency.key: {exc}") from None
+        now = utcnow()
+
+        def write(c: Connection) -> None:
+            vid = register_version(c, book)
+            c.execute(insert(RUNS).values(
+                id=run_id, runbook_name=book.name, runbook_version_id=vid, status=RunStatus.PENDING.value,
+                incident_id=incident_id, alert_id=alert_id, alert=alert, requester=requester, params=resolved,
+                concurrency_key=key, manual=manual, created_at=now, updated_at=now, wake_at=now, fence=0,
+                cancel_requested=False))  # fmt: skip
+            audit.append(c, [audit.Event("run.created", actor=requester, run_id=run_id, incident_id=incident_id,
+                                         runbook=book.name, runbook_version=book.short_version, outcome="pending",
+                                         details={"params": resolved, "manual": manual, "alert_id": alert_id})])  # fmt: skip
+
+        if conn is not None:
+            write(conn)
+        else:
+            with self.db.tx() as c:
+                write(c)
+            self.wake()
+        return run_id
+
+    def resolve_run_id(self, ref: str) -> str:
+        with self.db.read() as conn:
+            ids = [r.id for r in conn.execute(select(RUNS.c.id).where(RUNS.c.id.like(f"{ref}%")).limit(3))]
+        if not ids:
+            raise CommandError(f"no run {ref!r}")
+        if len(ids) > 1:
+            raise CommandError(f"run id prefix {ref!r} is ambiguous ({', '.join(ids[:2])}, ...)")
+        return ids[0]
+
+    def cancel(self, run_id: str, actor: str, reason: str = "") -> str:
+        now = utcnow()
+        with self.db.tx() as conn:
+            run = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
+            if run is None:
+                raise CommandError(f"no run {run_id!r}")
+            if RunStatus(run["status"]).terminal:
+                raise CommandError(f"run {run_id} is already {run['status']}")
+            leased = run["lease_owner"] is not None and run["lease_expires_at"] and run["lease_expires_at"] > now
+            ev = audit.Event("run.cancel_requested" if leased else "run.finished", actor=actor, run_id=run_id,
+                             incident_id=run["incident_id"], runbook=run["runbook_name"],
+                             outcome=None if leased else RunStatus.CANCELLED.value,
+                             details={"reason": reason or "cancelled"})  # fmt: skip
+            if leased:
+                conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(cancel_requested=True, updated_at=now))
+            else:
+                conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(
+                    status=RunStatus.CANCELLED.value, finished_at=now, wake_at=None, fence=RUNS.c.fence + 1,
+                    reason=f"cancelled by {actor}" + (f": {reason}" if reason else ""), updated_at=now))  # fmt: skip
+                conn.execute(update(APPROVALS).where(APPROVALS.c.run_id == run_id, APPROVALS.c.status == "pending")
+                             .values(status="cancelled", decided_at=now, reason="run cancelled"))  # fmt: skip
+                conn.execute(update(TIMERS).where(TIMERS.c.run_id == run_id, TIMERS.c.fired_at.is_(None))
+                             .values(fired_at=now))  # fmt: skip
+                if run["concurrency_key"] is not None:
+                    conn.execute(update(RUNS).where(RUNS.c.runbook_name == run["runbook_name"],
+                                                    RUNS.c.concurrency_key == run["concurrency_key"],
+                                                    RUNS.c.status == RunStatus.PENDING.value).values(wake_at=now))  # fmt: skip
+            audit.append(conn, [ev])
+        self.wake()
+        return "cancel requested; the run stops after its current step" if leased else "cancelled"
+
+    def decide(self, run_id: str, step_id: str, decision: Decision, actor: str) -> str:
+        """A human's answer for an in-doubt step: retry it, skip it, or abort the run."""
+        now = utcnow()
+        with self.db.tx() as conn:
+            run = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
+            if run is None:
+                raise CommandError(f"no run {run_id!r}")
+            rec = conn.execute(select(STEPS).where(STEPS.c.run_id == run_id, STEPS.c.step_id == step_id)
+                               .order_by(STEPS.c.attempt.desc()).limit(1)).mappings().first()  # fmt: skip
+            if rec is None:
+                raise CommandError(f"run {run_id} has no step {step_id!r} yet")
+            if rec["status"] != StepStatus.IN_DOUBT.value:
+                raise CommandError(f"step {step_id} is {rec['status']}, not in doubt: nothing to decide")
+            where = (STEPS.c.id == rec["id"], STEPS.c.status == StepStatus.IN_DOUBT.value)
+            note = f"decided {decision.value} by {actor}"
+            if decision is Decision.RETRY:
+                vals = {"status": StepStatus.FAILED.value, "interrupted": True, "retry_at": now,
+                        "error": f"{rec['error']} -- {note}"}  # fmt: skip
+            elif decision is Decision.SKIP:
+                vals = {"status": StepStatus.SKIPPED.value, "error": note}
+            else:
+                vals = {"status": StepStatus.CANCELLED.value, "error": note}
+            if conn.execute(update(STEPS).where(*where).values(**vals)).rowcount != 1:
+                raise CommandError("the step changed meanwhile; look again")
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(wake_at=now, updated_at=now))
+            audit.append(conn, [audit.Event("step.decided", actor=actor, run_id=run_id, step_id=step_id,
+                                            incident_id=run["incident_id"], runbook=run["runbook_name"],
+                                            outcome=decision.value, details={"previous": "in_doubt"})])  # fmt: skip
+        self.wake()
+        return note
+
+    # ---- approvals -------------------------------------------------------------------------------------------
+
+    def pending_approvals(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        q = select(APPROVALS).where(APPROVALS.c.status == "pending")
+        if run_id:
+            q = q.where(APPROVALS.c.run_id == run_id)
+        with self.db.read() as conn:
+            return [dict(r) for r in conn.execute(q.order_by(APPROVALS.c.requested_at)).mappings()]
+
+    def vote(self, approval_id: str, user_id: str, approve: bool, *, user_name: str | None = None,
+             reason: str | None = None, actor: str | None = None, break_glass: bool = False) -> VoteResult:  # fmt: skip
+        """Record one person's decision with compare-and-set; a double or concurrent click acts once."""
+        now = utcnow()
+        actor = actor or user_id
+        with self.db.tx() as conn:
+            q = select(APPROVALS).where(APPROVALS.c.id == approval_id)
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()
+            appr = conn.execute(q).mappings().first()
+            if appr is None:
+                raise CommandError("unknown approval (it may belong to another runbot installation)")
+            run = conn.execute(select(RUNS).where(RUNS.c.id == appr["run_id"])).mappings().one()
+            if appr["status"] != "pending":
+                raise CommandError(f"this approval is already {appr['status']}"
+                                   + (f" by {appr['decided_by']}" if appr["decided_by"] else ""))  # fmt: skip
+            if RunStatus(run["status"]).terminal:
+                raise CommandError(f"run {run['id']} is {run['status']}; nothing to approve")
+            if appr["expires_at"] <= now:
+                raise CommandError("this approval request has expired")
+            policy = appr["policy"] or {}
+            if approve and not policy.get("allow_self_approval") and user_id == appr["requester"]:
+                raise CommandError("you requested this run and the runbook does not allow self-approval")
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(VOTES).values(approval_id=approval_id, user_id=user_id, user_name=user_name,
+                                                      decision="approve" if approve else "deny", reason=reason, at=now))  # fmt: skip
+            except IntegrityError:
+                raise CommandError("you have already decided on this approval") from None
+            approvals = conn.execute(select(func.count()).select_from(VOTES).where(
+                VOTES.c.approval_id == approval_id, VOTES.c.decision == "approve")).scalar_one()  # fmt: skip
+            needed = appr["min_approvals"]
+            new_status = "denied" if not approve else ("approved" if approvals >= needed else "pending")
+            vals: dict[str, Any] = {"version": appr["version"] + 1}
+            if new_status != "pending":
+                vals.update(status=new_status, decided_at=now, decided_by=user_name or user_id, reason=reason)
+            res = conn.execute(update(APPROVALS).where(APPROVALS.c.id == approval_id,
+                                                       APPROVALS.c.version == appr["version"],
+                                                       APPROVALS.c.status == "pending").values(**vals))  # fmt: skip
+            if res.rowcount != 1:
+                raise CommandError("someone else decided at the same moment; look again")
+            if new_status != "pending":
+                conn.execute(update(RUNS).where(RUNS.c.id == appr["run_id"]).values(wake_at=now, updated_at=now))
+            action = {"approved": "approval.approved", "denied": "approval.denied"}.get(new_status, "approval.vote")
+            audit.append(conn, [audit.Event(action, actor=actor, run_id=appr["run_id"], step_id=appr["step_id"],
+                                            incident_id=run["incident_id"], runbook=run["runbook_name"],
+                                            outcome=new_status,
+                                            details={"approval_id": approval_id, "user_id": user_id,
+                                                     "user_name": user_name, "decision": "approve" if approve else "deny",
+                                                     "reason": reason, "approvals": approvals, "needed": needed,
+                                                     "break_glass": break_glass})])  # fmt: skip
+        self.wake()
+        msg = {"approved": f"approved ({approvals}/{needed}); the step runs now",
+               "denied": "denied; the step will not run",
+               "pending": f"recorded ({approvals}/{needed} approvals so far)"}[new_status]  # fmt: skip
+        return VoteResult(new_status, approvals, needed, msg)
+
+    # ---- freeze ------------------------------------------------------------------------------------------------
+
+    def set_freeze(self, frozen: bool, actor: str, reason: str = "") -> None:
+        now = utcnow()
+        value = {"frozen": frozen, "by": actor, "reason": reason, "at": now.isoformat()}
+        with self.db.tx() as conn:
+            if conn.execute(update(CONTROLS).where(CONTROLS.c.key == "freeze").values(value=value, updated_at=now)).rowcount == 0:
+                conn.execute(insert(CONTROLS).values(key="freeze", value=value, updated_at=now))
+            audit.append(conn, [audit.Event("freeze.on" if frozen else "freeze.off", actor=actor,
+                                            outcome="frozen" if frozen else "unfrozen", details={"reason": reason})])  # fmt: skip
+            if not frozen:  # held runs re-check now
+                conn.execute(update(RUNS).where(RUNS.c.status == RunStatus.WAITING.value,
+                                                RUNS.c.reason.like("remediations are frozen%")).values(wake_at=now))  # fmt: skip
+        self.wake()

@@ -1,0 +1,225 @@
+"""SQLModel tables. Schema changes go through Alembic (store/migrations); `alembic check` keeps them in sync."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from runbot.store.types import UTCDateTime
+
+
+def _dt(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _json() -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class RunbookVersion(SQLModel, table=True):
+    """Every runbook text ever loaded; runs point here so they keep the version they started with."""
+
+    __tablename__ = "runbook_versions"
+    __table_args__ = (UniqueConstraint("name", "version_hash"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version_hash: str
+    source_path: str
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    loaded_at: datetime = _dt(nullable=False)
+
+
+class Incident(SQLModel, table=True):
+    __tablename__ = "incidents"
+    id: str = Field(primary_key=True)
+    group_key: str = Field(index=True)
+    status: str = Field(index=True)  # open | resolved
+    title: str = ""
+    severity: str | None = None
+    labels: dict[str, Any] | None = _json()
+    opened_at: datetime = _dt(nullable=False)
+    resolved_at: datetime | None = _dt()
+    updated_at: datetime = _dt(nullable=False)
+
+
+class Alert(SQLModel, table=True):
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("fingerprint", "starts_at"),)
+    id: str = Field(primary_key=True)
+    fingerprint: str = Field(index=True)
+    starts_at: datetime = _dt(nullable=False)
+    ends_at: datetime | None = _dt()
+    status: str  # firing | resolved
+    alertname: str = Field(default="", index=True)
+    labels: dict[str, Any] | None = _json()
+    annotations: dict[str, Any] | None = _json()
+    generator_url: str | None = None
+    incident_id: str | None = Field(default=None, index=True)
+    receiver: str | None = None
+    received_at: datetime = _dt(nullable=False)
+    updated_at: datetime = _dt(nullable=False)
+    matched: bool | None = Field(default=None, description="None until matching ran")
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_due", "status", "wake_at"),
+        Index("ix_runs_conc", "runbook_name", "concurrency_key", "status"),
+    )
+    id: str = Field(primary_key=True)
+    runbook_name: str = Field(index=True)
+    runbook_version_id: int = Field(foreign_key="runbook_versions.id")
+    status: str
+    incident_id: str | None = Field(default=None, index=True)
+    alert_id: str | None = Field(default=None, index=True)
+    alert: dict[str, Any] | None = _json()
+    requester: str = "system"
+    params: dict[str, Any] | None = _json()
+    concurrency_key: str | None = None
+    manual: bool = False
+    created_at: datetime = _dt(nullable=False)
+    started_at: datetime | None = _dt()
+    finished_at: datetime | None = _dt()
+    updated_at: datetime = _dt(nullable=False)
+    wake_at: datetime | None = _dt()
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = _dt()
+    fence: int = 0
+    cancel_requested: bool = False
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class StepExecution(SQLModel, table=True):
+    """The journal: one row per attempt of a step (check before running, record after)."""
+
+    __tablename__ = "step_executions"
+    __table_args__ = (UniqueConstraint("run_id", "step_id", "attempt"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    step_id: str
+    step_type: str
+    attempt: int
+    status: str
+    idempotent: bool = True
+    interrupted: bool = False  # ended by a crash or a human retry: does not use up the retry budget
+    idempotency_key: str
+    inputs: dict[str, Any] | None = _json()  # rendered params, secrets only as references
+    output: dict[str, Any] | None = _json()
+    summary: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    resume_state: dict[str, Any] | None = _json()
+    started_at: datetime = _dt(nullable=False)
+    finished_at: datetime | None = _dt()
+    retry_at: datetime | None = _dt()
+    wake_at: datetime | None = _dt()
+
+
+class Artifact(SQLModel, table=True):
+    __tablename__ = "artifacts"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    step_id: str
+    name: str
+    content_type: str
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = _dt(nullable=False)
+
+
+class Approval(SQLModel, table=True):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("run_id", "step_id"),)
+    id: str = Field(primary_key=True)  # opaque; the only thing a Slack button carries
+    run_id: str = Field(index=True)
+    step_id: str
+    status: str
+    runbook_version_id: int
+    min_approvals: int = 1
+    policy: dict[str, Any] | None = _json()
+    requester: str = "system"
+    requested_at: datetime = _dt(nullable=False)
+    expires_at: datetime = _dt(nullable=False)
+    escalated: bool = False
+    decided_at: datetime | None = _dt()
+    decided_by: str | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    version: int = 0  # compare-and-set counter
+
+
+class ApprovalVote(SQLModel, table=True):
+    __tablename__ = "approval_votes"
+    __table_args__ = (UniqueConstraint("approval_id", "user_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    approval_id: str = Field(index=True)
+    user_id: str
+    user_name: str | None = None
+    decision: str  # approve | deny
+    reason: str | None = None
+    at: datetime = _dt(nullable=False)
+
+
+class Timer(SQLModel, table=True):
+    __tablename__ = "timers"
+    __table_args__ = (Index("ix_timers_pending", "fired_at", "fire_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    step_id: str | None = None
+    purpose: str  # retry | wait | approval_timeout | verify | queue
+    fire_at: datetime = _dt(nullable=False)
+    fired_at: datetime | None = _dt()
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only and hash-chained: hash = sha256(canonical content including prev_hash)."""
+
+    __tablename__ = "audit_events"
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    ts: datetime = _dt(nullable=False, index=True)
+    actor: str
+    action: str = Field(index=True)
+    run_id: str | None = Field(default=None, index=True)
+    step_id: str | None = None
+    incident_id: str | None = Field(default=None, index=True)
+    runbook: str | None = None
+    runbook_version: str | None = None
+    outcome: str | None = None
+    details: dict[str, Any] | None = _json()
+    prev_hash: str
+    hash: str
+
+
+class AuditHead(SQLModel, table=True):
+    """Single row: the chain's last seq and hash, locked by every appender (serialises the chain)."""
+
+    __tablename__ = "audit_head"
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str
+
+
+class Outbox(SQLModel, table=True):
+    """Messages for the outside world, written in the transaction that caused them, delivered after."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "delivered_at", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    topic: str
+    run_id: str | None = Field(default=None, index=True)
+    payload: dict[str, Any] | None = _json()
+    created_at: datetime = _dt(nullable=False)
+    next_attempt_at: datetime = _dt(nullable=False)
+    delivered_at: datetime | None = _dt()
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Control(SQLModel, table=True):
+    """Global switches (freeze) and small durable state, keyed by name."""
+
+    __tablename__ = "controls"
+    key: str = Field(primary_key=True)
+    value: dict[str, Any] | None = _json()
+    updated_at: datetime = _dt(nullable=False)
