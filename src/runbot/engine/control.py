@@ -5,6 +5,7 @@ Each is one transaction with its audit events; the worker picks the change up th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,9 +113,10 @@ class ControlMixin:
             raise CommandError(f"run id prefix {ref!r} is ambiguous ({', '.join(ids[:2])}, ...)")
         return ids[0]
 
-    def cancel(self, run_id: str, actor: str, reason: str = "") -> str:
+    def cancel(self, run_id: str, actor: str, reason: str = "", *, conn: Connection | None = None) -> str:
+        """With `conn`, joins the caller's transaction (intake cancels the runs of a resolved incident)."""
         now = utcnow()
-        with self.db.tx() as conn:
+        with self.db.tx() if conn is None else nullcontext(conn) as conn:
             run = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
             if run is None:
                 raise CommandError(f"no run {run_id!r}")

@@ -443,8 +443,8 @@ class Engine(ControlMixin):
                 events=[R.event("step.interrupted", step_id=step.sid, outcome="retry", attempt=rec["attempt"])])  # fmt: skip
             rec.update(status=StepStatus.FAILED.value, retry_at=now, interrupted=True)
             return Parked(now, "retrying an interrupted idempotent step")
-        msg = (f"step {step.sid} was running when its worker stopped; it is not idempotent, so it may or may "
-               "not have taken effect. Decide: runbot runs decide RUN STEP retry|skip|abort")  # fmt: skip
+        msg = (f"step {step.sid} is in doubt: it was running when its worker stopped and is not idempotent, so it "
+               f"may or may not have taken effect. Decide: runbot runs decide {R.id} {step.sid} retry|skip|abort")  # fmt: skip
         self._commit(R, step_update=(step.sid, rec["attempt"], {
             "status": StepStatus.IN_DOUBT.value, "finished_at": now, "error": msg}),
             events=[R.event("step.in_doubt", step_id=step.sid, outcome="in_doubt", attempt=rec["attempt"])],

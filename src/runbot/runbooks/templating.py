@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -68,7 +68,10 @@ def render_string(text: str, scope: Mapping[str, Any]) -> Any:
     try:
         m = _SINGLE_EXPR.match(text)
         if m and "{{" not in m.group("expr") and "}}" not in m.group("expr"):
-            return ENV.compile_expression(m.group("expr").strip(), undefined_to_none=False)(**scope)
+            result = ENV.compile_expression(m.group("expr").strip(), undefined_to_none=False)(**scope)
+            if isinstance(result, Undefined):
+                str(result)  # StrictUndefined raises here with the name that was missing
+            return result
         return ENV.from_string(text).render(**scope)
     except UndefinedError as exc:
         raise TemplateFailure(f"undefined value: {exc.message}") from None
