@@ -9,6 +9,7 @@ StepError. Plugins never touch the database.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,7 +122,7 @@ class Step(ABC, Generic[P]):
 
     type: ClassVar[str]
     kind: ClassVar[StepKind] = StepKind.DIAGNOSTIC
-    Params: ClassVar[type[BaseModel]]
+    Params: ClassVar[builtins.type[BaseModel]]
     default_timeout: ClassVar[float] = 300.0
     doc: ClassVar[str] = ""
 
