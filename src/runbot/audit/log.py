@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select
 
+from runbot.store.raw import Raw
 from runbot.store.tables import AuditEvent, AuditHead
 from runbot.store.types import utcnow
 
@@ -60,27 +61,25 @@ def event_hash(record: dict[str, Any]) -> str:
 
 
 def append(conn: Connection, events: Iterable[Event]) -> list[dict[str, Any]]:
-    """Append events in order inside the caller's transaction and move the head."""
+    """Append events in order inside the caller's transaction and move the head (locked while we hold it)."""
     events = list(events)
     if not events:
         return []
-    q = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
-    head = conn.execute(q).first()
+    raw = Raw(conn)
+    lock = "" if raw.sqlite else " FOR UPDATE"
+    head = raw.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}", {}).fetchone()
     if head is None:
-        conn.execute(insert(HEAD).values(id=1, seq=0, hash=GENESIS))
+        raw.insert("audit_head", {"id": 1, "seq": 0, "hash": GENESIS})
         seq, prev = 0, GENESIS
     else:
-        seq, prev = head.seq, head.hash
+        seq, prev = int(head[0]), str(head[1])
     rows = []
     now = utcnow()
     for ev in events:
         seq += 1
-        # microsecond precision survives every backend, so the hash recomputes identically after a read
         row = {
             "seq": seq,
-            "ts": (ev.ts or now).replace(microsecond=(ev.ts or now).microsecond),
+            "ts": ev.ts or now,
             "actor": ev.actor,
             "action": ev.action,
             "run_id": ev.run_id,
@@ -94,8 +93,8 @@ def append(conn: Connection, events: Iterable[Event]) -> list[dict[str, Any]]:
         }
         row["hash"] = prev = event_hash(row)
         rows.append(row)
-    conn.execute(insert(EVENTS), rows)
-    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
+    raw.insert_many("audit_events", rows)
+    raw.update("audit_head", {"seq": seq, "hash": prev}, "id = 1", {})
     return rows
 
 
@@ -107,14 +106,32 @@ class VerifyResult:
     head_hash: str
     problem: str | None = None
     broken_seq: int | None = None
+    anchor_seq: int | None = None  # events up to here were deleted by retention (confirmed by its audit event)
+
+
+RETENTION_ACTION = "audit.retention"
+
+
+def _confirms(rec: dict[str, Any], anchor: tuple[int, str]) -> bool:
+    d = rec.get("details") or {}
+    return rec.get("action") == RETENTION_ACTION and (d.get("deleted_through_seq"), d.get("deleted_through_hash")) == anchor
 
 
 def verify_records(records: Iterator[dict[str, Any]], head: tuple[int, str] | None) -> VerifyResult:
-    """Walk the chain in order; name the first event that does not fit. `head` is (seq, hash) if anchored."""
+    """Walk the chain in order; name the first event that does not fit. `head` is (seq, hash) if anchored.
+
+    A chain may start after seq 1 only if retention removed the prefix: the first event's prev_hash is then
+    the anchor, and a later `audit.retention` event must record that same (seq, hash) as deleted-through.
+    """
     expected_prev, expected_seq, count = GENESIS, None, 0
     last_seq, last_hash = 0, GENESIS
+    anchor: tuple[int, str] | None = None
+    confirmed = False
     for rec in records:
         seq = int(rec["seq"])
+        if expected_seq is None and seq > 1:
+            anchor = (seq - 1, str(rec["prev_hash"]))
+            expected_prev, last_seq, last_hash = anchor[1], anchor[0], anchor[1]
         if expected_seq is not None and seq != expected_seq:
             return VerifyResult(False, count, last_seq, last_hash,
                                 f"event {expected_seq} is missing (deleted?): the chain jumps from {last_seq} to {seq}",
@@ -131,13 +148,18 @@ def verify_records(records: Iterator[dict[str, Any]], head: tuple[int, str] | No
         last_seq = seq
         expected_seq = seq + 1
         count += 1
+        confirmed = confirmed or (anchor is not None and _confirms(rec, anchor))
+    if anchor is not None and not confirmed:
+        return VerifyResult(False, count, last_seq, last_hash,
+                            f"events 1..{anchor[0]} are missing and no {RETENTION_ACTION} event records their deletion",
+                            1)  # fmt: skip
     if head is not None:
         head_seq, head_hash = head
         if head_seq != last_seq or head_hash != last_hash:
             return VerifyResult(False, count, last_seq, last_hash,
                                 f"the chain ends at event {last_seq} but the head records event {head_seq}: "
                                 "events were removed from the end", last_seq + 1)  # fmt: skip
-    return VerifyResult(True, count, last_seq, last_hash)
+    return VerifyResult(True, count, last_seq, last_hash, anchor_seq=anchor[0] if anchor else None)
 
 
 def iter_db_records(conn: Connection, batch: int = 5000) -> Iterator[dict[str, Any]]:

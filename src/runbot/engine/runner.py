@@ -30,9 +30,7 @@ from runbot.engine.guards import Hold, remediation_hold
 from runbot.engine.ports import SecretError, SecretProvider
 from runbot.engine.state import (
     APPROVALS,
-    ARTIFACTS,
     INCIDENTS,
-    OUTBOX,
     RUNS,
     STEPS,
     TIMERS,
@@ -57,6 +55,7 @@ from runbot.settings import Settings
 from runbot.steps.base import Step, StepContext, StepError, StepLogger, StepResult, Suspend
 from runbot.steps.registry import StepRegistry, UnknownStepType
 from runbot.store.db import Database
+from runbot.store.raw import Raw
 from runbot.store.types import utcnow
 
 log = structlog.get_logger("runbot.engine")
@@ -124,12 +123,31 @@ class Engine(ControlMixin):
         self._scheduler: AsyncIOScheduler | None = None
         self.on_run_end: list[Any] = []  # callables (run_id, status) -> None, after the final commit
         self.hold_checks: list[Any] = []  # callables (RunState, StepSpec) -> Hold | None, before remediations
+        # `runbot test` (runbot.rehearsal): .for_step(step_id) gives recorded responses, passed to plugins as
+        # ctx.rehearsal so they answer from the recording instead of calling out. None when live.
+        self.rehearsal: Any = None
         self.stats = {"steps": 0, "runs_finished": 0}
+        self.peers: list[Engine] = []
 
     # ---- loop management --------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Thread-safe nudge: look for due work now."""
+        """Thread-safe nudge: look for due work now (this engine and its peer loops)."""
+        self._nudge()
+        for peer in self.peers:
+            peer._nudge()
+
+    def spawn_peer(self, n: int) -> Engine:
+        """Another worker loop sharing this engine's configuration and hooks (PostgreSQL: parallel commits)."""
+        peer = Engine(self.settings, self.db, self.registry, self.secrets, owner=f"{self.owner}/{n}")
+        peer.outbox_enabled = self.outbox_enabled
+        peer.on_run_end = self.on_run_end
+        peer.hold_checks = self.hold_checks
+        peer.stats = self.stats
+        self.peers.append(peer)
+        return peer
+
+    def _nudge(self) -> None:
         loop, ev = self._loop, self._wake_event
         if loop is not None and ev is not None and not loop.is_closed():
             loop.call_soon_threadsafe(ev.set)
@@ -350,8 +368,8 @@ class Engine(ControlMixin):
         if status is RunStatus.PENDING and not self._admit(R):
             return
         if status is RunStatus.WAITING:
+            self._fire_timers(R)
             self._commit(R, run={"status": RunStatus.RUNNING.value}, events=[R.event("run.resumed")])
-        self._fire_timers(R)
         for step in R.book.spec.steps:
             outcome = await self._drive(R, step)
             if isinstance(outcome, Done):
@@ -465,7 +483,8 @@ class Engine(ControlMixin):
             rendered = render(step.with_, R.scope)
         except TemplateFailure as exc:
             return self._fail_before_start(R, step, f"template error in `with`: {exc}", attempt)
-        display = mask_placeholders(rendered)
+        refs = secret_refs(rendered) if rendered else []
+        display = mask_placeholders(rendered) if refs else rendered
         idempotent = self._idempotent(plugin, step, rendered)
         remediation = step.approval is not None or step.risk == "high" or plugin.changes_things(step.with_)
         if remediation and verify_of is None and resume is None:
@@ -473,7 +492,7 @@ class Engine(ControlMixin):
             if hold is not None:
                 return self._record_hold(R, step, attempt, hold)
         key = f"{R.id}:{step.sid}:{attempt}"
-        inputs = {"params": display, "secrets": secret_refs(rendered)} if display or secret_refs(rendered) else {}
+        inputs = {"params": display, "secrets": refs} if display or refs else {}
         if resume is None and not idempotent:
             self._commit(R, step_insert=self._step_row(R, step, attempt, StepStatus.RUNNING, key, inputs,
                                                       idempotent, started),
@@ -492,6 +511,7 @@ class Engine(ControlMixin):
             run_id=R.id, step_id=step.sid, attempt=attempt, idempotency_key=key, settings=self.settings,
             log=logger, redactor=R.redactor, scope=R.scope, deadline=loop.time() + timeout,
             resume_state=(resume or {}).get("resume_state") if resume else None,
+            rehearsal=self.rehearsal.for_step(step.sid) if self.rehearsal is not None else None,
         )  # fmt: skip
         error: str | None = None
         retryable = False
@@ -499,9 +519,10 @@ class Engine(ControlMixin):
         err_output: dict[str, Any] = {}
         try:
             real = await asyncio.to_thread(resolve_secrets, rendered, self.secrets.fetch, R.redactor) \
-                if secret_refs(rendered) else rendered  # fmt: skip
+                if refs else rendered  # fmt: skip
             params = plugin.Params.model_validate(real)
-            result = await asyncio.wait_for(plugin.run(params, ctx), timeout=timeout)
+            async with asyncio.timeout(timeout):  # no extra task per step, unlike wait_for on 3.11
+                result = await plugin.run(params, ctx)
         except StepError as exc:
             error, retryable, err_output = exc.message, exc.retryable, exc.output
         except SecretError as exc:
@@ -672,29 +693,32 @@ class Engine(ControlMixin):
         if run:
             values.update(run)
         with self.db.tx() as conn:
-            row = conn.execute(
-                update(RUNS).where(RUNS.c.id == R.id, RUNS.c.fence == R.fence, RUNS.c.lease_owner == self.owner)
-                .values(**values).returning(RUNS.c.cancel_requested)
-            ).first()  # fmt: skip
+            raw = Raw(conn)
+            sets = ", ".join(f"{k} = :v_{k}" for k in values)
+            row = raw.execute(
+                f"UPDATE runs SET {sets} WHERE id = :id AND fence = :fence AND lease_owner = :owner "
+                "RETURNING cancel_requested",
+                {**{f"v_{k}": v for k, v in values.items()}, "id": R.id, "fence": R.fence, "owner": self.owner},
+            ).fetchone()  # fmt: skip
             if row is None:
                 raise LeaseLost(R.id)
-            R.cancel_requested = bool(row.cancel_requested)
+            R.cancel_requested = bool(row[0])
             if step_insert is not None:
-                conn.execute(insert(STEPS), [step_insert])
+                raw.insert("step_executions", step_insert)
             if step_update is not None:
                 sid, attempt, vals = step_update
-                conn.execute(update(STEPS).where(STEPS.c.run_id == R.id, STEPS.c.step_id == sid,
-                                                 STEPS.c.attempt == attempt).values(**vals))  # fmt: skip
+                raw.update("step_executions", vals, "run_id = :r AND step_id = :s AND attempt = :a",
+                           {"r": R.id, "s": sid, "a": attempt})  # fmt: skip
             if artifacts:
-                conn.execute(insert(ARTIFACTS), [
+                raw.insert_many("artifacts", [
                     {"run_id": R.id, "step_id": sid, "name": n, "content_type": ct, "data": d, "created_at": now}
                     for sid, n, ct, d in artifacts])  # fmt: skip
             if timers:
-                conn.execute(insert(TIMERS), [{"run_id": R.id, "step_id": sid, "purpose": p, "fire_at": at}
-                                              for sid, p, at in timers])  # fmt: skip
+                raw.insert_many("timers", [{"run_id": R.id, "step_id": sid, "purpose": p, "fire_at": at}
+                                           for sid, p, at in timers])  # fmt: skip
             if outbox and self.outbox_enabled:
-                conn.execute(insert(OUTBOX), [{"topic": t, "run_id": R.id, "payload": p, "created_at": now,
-                                               "next_attempt_at": now} for t, p in outbox])  # fmt: skip
+                raw.insert_many("outbox", [{"topic": t, "run_id": R.id, "payload": p, "created_at": now,
+                                            "next_attempt_at": now, "attempts": 0} for t, p in outbox])  # fmt: skip
             if extra is not None:
                 extra(conn)
             if events:
@@ -750,6 +774,7 @@ class Engine(ControlMixin):
     # ---- admission: concurrency and cooldown --------------------------------------------------------------------
 
     def _admit(self, R: RunState) -> bool:
+        """Concurrency and cooldown are checked and the run started in one transaction (serialised per key)."""
         spec = R.book.spec
         key = R.row.get("concurrency_key")
         now = utcnow()
@@ -764,19 +789,30 @@ class Engine(ControlMixin):
                     RUNS.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]))).scalar_one()  # fmt: skip
                 if live >= spec.concurrency.limit:
                     verdict["limit"] = (live, spec.concurrency.on_limit)
-                    return
-            if spec.cooldown and not R.row["manual"]:
+            if "limit" not in verdict and spec.cooldown and not R.row["manual"]:
                 last = conn.execute(select(func.max(RUNS.c.finished_at)).where(
                     RUNS.c.runbook_name == R.book.name, RUNS.c.id != R.id, RUNS.c.started_at.is_not(None),
                     (RUNS.c.concurrency_key == key) if key is not None else RUNS.c.concurrency_key.is_(None),
                 )).scalar_one()  # fmt: skip
                 if last is not None and plus(last, spec.cooldown) > now:
                     verdict["cooldown"] = plus(last, spec.cooldown)
+            if not verdict:  # admitted: start in this same transaction
+                conn.execute(update(RUNS).where(RUNS.c.id == R.id).values(
+                    status=RunStatus.RUNNING.value, started_at=now))  # fmt: skip
+                audit.append(conn, [R.event("run.started", outcome="running")])
 
+        needs_check = spec.concurrency is not None or bool(spec.cooldown)
+        if not needs_check:
+            self._commit(R, run={"status": RunStatus.RUNNING.value, "started_at": now},
+                         events=[R.event("run.started", outcome="running")],
+                         outbox=[("run.started", {"run_id": R.id})])  # fmt: skip
+            R.row["status"] = RunStatus.RUNNING.value
+            return True
         self._commit(R, extra=check)
         if "limit" in verdict:
             live, policy = verdict["limit"]
-            reason = f"concurrency limit {spec.concurrency.limit if spec.concurrency else 0} reached for key {key!r} ({live} live)"
+            limit = spec.concurrency.limit if spec.concurrency else 0
+            reason = f"concurrency limit {limit} reached for key {key!r} ({live} live)"
             if policy == "queue":
                 self._commit(R, run={"wake_at": None, "lease_owner": None, "lease_expires_at": None,
                                      "reason": f"queued: {reason}"},
@@ -787,10 +823,9 @@ class Engine(ControlMixin):
         if "cooldown" in verdict:
             self._finish(R, RunStatus.SKIPPED, f"skipped: cooldown for key {key!r} until {verdict['cooldown']:%Y-%m-%d %H:%M:%S}Z")
             return False
-        self._commit(R, run={"status": RunStatus.RUNNING.value, "started_at": now},
-                     events=[R.event("run.started", outcome="running")],
-                     outbox=[("run.started", {"run_id": R.id})])  # fmt: skip
         R.row["status"] = RunStatus.RUNNING.value
+        if self.outbox_enabled:
+            self._commit(R, outbox=[("run.started", {"run_id": R.id})])
         return True
 
     # ---- approvals ----------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
         else:
-            self.engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=False, pool_recycle=1800)
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
