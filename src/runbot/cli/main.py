@@ -30,6 +30,11 @@ STATE: dict[str, Any] = {"debug": False, "config": None}
 
 # Sub-command modules: each exposes `register(app: typer.Typer) -> None`. One line per module.
 CLI_MODULES: list[str] = [
+    "runbot.cli.intake",
+    "runbot.cli.rehearse",
+    "runbot.cli.vault",
+    "runbot.cli.slack",
+    "runbot.cli.audit_export",
 ]
 
 
@@ -237,11 +242,12 @@ def _follow(rt: Any, run_id: str, max_sleep: float = 120.0) -> None:
             return
         run = detail["run"]
         wake = run["wake_at"]
-        if wake is None:
+        pending = [a for a in detail["approvals"] if a["status"] == "pending"]
+        if wake is None or pending:
             typer.echo(f"run {run_id} is waiting: {run['reason']}")
-            for a in detail["approvals"]:
-                if a["status"] == "pending":
-                    typer.echo(f"  approve with: runbot runs approve {run_id} --step {a['step_id']} --as YOUR_NAME")
+            for a in pending:
+                typer.echo(f"  approve with: runbot runs approve {run_id} --step {a['step_id']} --as YOUR_NAME "
+                           f"(expires {_fmt_ts(a['expires_at'])}Z)")  # fmt: skip
             return
         delay = (wake - utcnow()).total_seconds()
         if delay > max_sleep:
@@ -326,10 +332,10 @@ def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix i
             typer.echo(f"\napproval {a['id']} for {a['step_id']}: {a['status']} (needs {a['min_approvals']}; votes {votes})")
         for art in d["artifacts"]:
             typer.echo(f"artifact {art['id']}: {art['step_id']}/{art['name']} ({art['content_type']})")
-        extra = getattr(rt, "lease_rows", None)
-        if callable(extra):
-            for line in extra(run_id):
-                typer.echo(line)
+        from runbot.secrets.leases import lease_lines
+
+        for line in lease_lines(rt.db, run_id):  # Vault leases: id, step, TTL, state; never a value
+            typer.echo(line)
     finally:
         rt.close()
 

@@ -246,7 +246,7 @@ def parse_source(source: str, file: str, registry: StepRegistry | None) -> tuple
     linter = _Linter(file, _line_map(node), registry)
     spec = linter.check(raw)
     if spec is None or linter.problems:
-        return None, linter.problems
+        return None, sorted(linter.problems, key=lambda p: (p.line or 0, p.field))
     return LoadedRunbook(spec, file, source, version_hash(source), linter.lines), []
 
 
