@@ -60,7 +60,7 @@ def event_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
-def append(conn: Connection, events: Iterable[Event]) -> list[dict[str, Any]]:
+def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, Any]]:
     """Append events in order inside the caller's transaction and move the head (locked while we hold it)."""
     events = list(events)
     if not events:

@@ -393,6 +393,8 @@ class Engine(ControlMixin):
     async def _drive(self, R: RunState, step: StepSpec) -> Outcome:
         """Drive one step (and its verification and compensation) as far as it can go now."""
         outcome = await self._drive_main(R, step)
+        if isinstance(outcome, Done):  # its verify and on_failure steps may use its output (lint allows it)
+            R.scope["steps"][step.sid] = {**outcome.output, "status": "succeeded"}
         if isinstance(outcome, Done) and step.verify is not None:
             verify_step = verify_spec(step)
             v = await self._drive_main(R, verify_step, verify_of=step)
@@ -692,8 +694,7 @@ class Engine(ControlMixin):
         values: dict[str, Any] = {"updated_at": now, "lease_expires_at": plus(now, self.settings.lease_seconds)}
         if run:
             values.update(run)
-        with self.db.tx() as conn:
-            raw = Raw(conn)
+        def write(raw: Raw, conn: Connection | None) -> None:
             sets = ", ".join(f"{k} = :v_{k}" for k in values)
             row = raw.execute(
                 f"UPDATE runs SET {sets} WHERE id = :id AND fence = :fence AND lease_owner = :owner "
@@ -722,7 +723,14 @@ class Engine(ControlMixin):
             if extra is not None:
                 extra(conn)
             if events:
-                audit.append(conn, events)
+                audit.append(raw, events)
+
+        if extra is None:  # the hot path: this thread's own DBAPI connection, no pool round trip
+            with self.db.raw_tx() as raw:
+                write(raw, None)
+        else:
+            with self.db.tx() as conn:
+                write(Raw(conn), conn)
         for _, _, at in timers or []:
             self._schedule_wake(at)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.pool import NullPool
 
+from runbot.store.raw import Raw
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -23,6 +27,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._local = threading.local()
+        self._raw_lock = threading.Lock()
+        self._raw_conns: list[Any] = []
         if self.is_sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -40,6 +47,27 @@ class Database:
         """A write transaction; commits on success, rolls back on any exception."""
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def raw_tx(self) -> Iterator[Raw]:
+        """A write transaction on this thread's own long-lived DBAPI connection (the engine's hot path)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.engine.raw_connection()
+            with self._raw_lock:
+                self._raw_conns.append(conn)
+        raw = Raw(dbapi=conn.dbapi_connection, sqlite=self.is_sqlite)
+        try:
+            if self.is_sqlite:
+                raw.cur.execute("BEGIN IMMEDIATE")
+            yield raw
+            conn.commit()
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:  # the connection itself is broken: drop it, the next call opens a new one
+                self._local.conn = None
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -83,6 +111,11 @@ class Database:
         return self.current_revision() == self.head_revision()
 
     def dispose(self) -> None:
+        with self._raw_lock:
+            conns, self._raw_conns = self._raw_conns, []
+        for c in conns:
+            with contextlib.suppress(Exception):  # already closed by its thread
+                c.close()
         self.engine.dispose()
 
 

@@ -27,9 +27,16 @@ def _pg_sql(sql: str) -> str:
 class Raw:
     """Executes `:name`-style SQL on the transaction's own DBAPI connection."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.sqlite = conn.dialect.name == "sqlite"
-        self.cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    def __init__(self, conn: Connection | Raw | None = None, *, dbapi: Any = None, sqlite: bool = True) -> None:
+        self.sqlite: bool
+        self.cur: Any
+        if isinstance(conn, Raw):  # already raw: share its cursor
+            self.sqlite, self.cur = conn.sqlite, conn.cur
+        elif conn is not None:
+            self.sqlite = conn.dialect.name == "sqlite"
+            self.cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        else:
+            self.sqlite, self.cur = sqlite, dbapi.cursor()
         if not self.sqlite:
             from psycopg.types.json import Json
 
@@ -60,7 +67,7 @@ class Raw:
 
     def insert(self, table: str, row: dict[str, Any]) -> None:
         cols = list(row)
-        self.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})", row)  # noqa: S608 (names from code)
+        self.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})", row)
 
     def insert_many(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
