@@ -30,6 +30,9 @@ log = structlog.get_logger("runbot.app")
 # Adapters mount themselves: each module exposes `install(rt: Runtime, app: FastAPI) -> None`, which may add
 # routes, append starters to rt.background and stoppers to rt.stoppers. Adding an adapter is one line here.
 ADAPTERS: list[str] = [
+    "runbot.adapters.alertmanager:install",
+    "runbot.adapters.slack:install",
+    "runbot.adapters.audit_api:install",
 ]
 
 
@@ -78,38 +81,51 @@ def build_runtime(settings: Settings, *, upgrade: bool = True, secrets: SecretPr
     engine = Engine(settings, db, registry, provider)
     rt = Runtime(settings, db, registry, provider, catalog, engine)
     rt.metrics.registry.register(DbCollector(db))
+    attach = getattr(provider, "attach", None)
+    if callable(attach):  # a provider with background work (Vault: token renewal, leases) joins the runtime
+        attach(rt)
     return rt
 
 
 class EngineThread:
-    """The engine runs its own event loop in a thread, so its blocking commits never delay the web loop."""
+    """Engine loops in their own threads, so blocking commits never delay the web loop.
 
-    def __init__(self, engine: Engine) -> None:
+    SQLite takes one writer at a time, so one loop. PostgreSQL commits in parallel, so several loops
+    (peers of rt.engine with their own lease-owner names) claim runs side by side.
+    """
+
+    def __init__(self, engine: Engine, loops: int | None = None) -> None:
         self.engine = engine
-        self.thread: threading.Thread | None = None
-        self.ready = threading.Event()
+        self.loops = loops or (1 if engine.db.is_sqlite else engine.settings.engine_loops_pg)
+        self.threads: list[threading.Thread] = []
         self.error: BaseException | None = None
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._main, name="runbot-engine", daemon=True)
-        self.thread.start()
-        self.ready.wait(10)
+        engines = [self.engine] + [self.engine.spawn_peer(i) for i in range(1, self.loops)]
+        for i, eng in enumerate(engines):
+            ready = threading.Event()
+            t = threading.Thread(target=self._main, args=(eng, ready), name=f"runbot-engine-{i}", daemon=True)
+            t.start()
+            ready.wait(10)
+            self.threads.append(t)
 
-    def _main(self) -> None:
+    def _main(self, engine: Engine, ready: threading.Event) -> None:
         try:
-            asyncio.run(self.engine.run_forever(self.ready))
+            asyncio.run(engine.run_forever(ready))
         except BaseException as exc:  # surfaced by /readyz
             self.error = exc
             log.error("engine loop crashed", error=repr(exc))
-            self.ready.set()
+            ready.set()
 
     def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return bool(self.threads) and all(t.is_alive() for t in self.threads)
 
     def stop(self, timeout: float = 10.0) -> None:
         self.engine.stop()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        for peer in self.engine.peers:
+            peer.stop()
+        for t in self.threads:
+            t.join(timeout)
 
 
 def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:

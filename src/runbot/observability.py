@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,6 +25,16 @@ def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time (it is swapped by test runners and daemonisers)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "console", stream: Any = None) -> None:
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -37,9 +47,37 @@ def configure_logging(level: str = "INFO", fmt: str = "console", stream: Any = N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
+    install_stdlib_redaction()
+
+
+def install_stdlib_redaction() -> None:
+    """stdlib logging (httpx logs full URLs, hvac, uvicorn, plugins) is masked too, at record creation.
+
+    Done in the record factory rather than a handler filter, so every handler (and pytest's caplog) sees
+    the masked text, whoever configured it. Idempotent.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_runbot_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave it to logging to report
+            return record
+        clean = REGISTRY.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = REGISTRY.redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    factory._runbot_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 class Metrics:

@@ -7,6 +7,7 @@ engine (outputs, errors, logs, audit, messages, exports) passes through `redact`
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import threading
@@ -19,18 +20,22 @@ MIN_SECRET_LEN = 3  # shorter values would mask ordinary text everywhere; refuse
 
 
 def encodings(value: str) -> set[str]:
-    """The forms a secret commonly takes on its way out: raw, URL, base64 (std/url-safe), JSON-escaped."""
+    """The forms a secret commonly takes on its way out: raw, URL, base64 (std/url-safe), JSON- and HTML-escaped."""
     raw = value.encode()
+    json_forms = {json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
     forms = {
         value,
         urllib.parse.quote(value, safe=""),
+        urllib.parse.quote(value),  # safe="/": the default of urllib and most clients
         urllib.parse.quote_plus(value),
         base64.b64encode(raw).decode(),
         base64.urlsafe_b64encode(raw).decode(),
         base64.b64encode(raw).decode().rstrip("="),
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
+        *json_forms,
+        *(json.dumps(f, ensure_ascii=a)[1:-1] for f in json_forms for a in (True, False)),  # JSON in a JSON string
+        html.escape(value),  # HTML exports and Slack mrkdwn escape &, < and >
+        html.escape(value, quote=False),
     }
     return {f for f in forms if len(f) >= MIN_SECRET_LEN}
 

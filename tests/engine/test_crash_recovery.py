@@ -115,9 +115,12 @@ def test_sigkill_mid_run_resumes_without_repeating_completed_or_in_flight_steps(
             server = _serve(env, log)
             try:
                 _wait(lambda: ("remediate", 1, "in_doubt") in step_states(), timeout=30, what="in-doubt marking")
-                with eng.connect() as c:
-                    status, reason = c.execute(text("SELECT status, reason FROM runs WHERE id = :r"), {"r": run_id}).one()
-                assert status == "waiting" and "in doubt" in reason
+
+                def parked():
+                    with eng.connect() as c:
+                        return c.execute(text("SELECT status, reason FROM runs WHERE id = :r"), {"r": run_id}).one()
+                status, reason = _wait(lambda: (row := parked())[0] == "waiting" and row, timeout=30, what="parking")
+                assert "in doubt" in reason
                 assert (target.calls("/diag1"), target.calls("/diag2"), target.calls("/remediate")) == (1, 1, 1)
 
                 decided = subprocess.run([RUNBOT, "runs", "decide", run_id, "remediate", "skip"], env=env,

@@ -66,7 +66,7 @@ def test_when_false_skips_the_step_and_later_steps_see_it(db_url, make_runtime, 
             with: {message: ran}
           - id: after
             type: log
-            with: {message: "maybe was {{ steps.maybe.status }}"}
+            with: {message: "maybe was {{ steps.maybe.outcome }}"}
     """)
     rt = make_runtime(db_url)
     run_id = start(rt, "cond")
@@ -125,7 +125,7 @@ def test_continue_on_failure_lets_the_run_go_on(db_url, make_runtime, runbooks_d
             continue_on_failure: true
           - id: next
             type: log
-            with: {message: "optional: {{ steps.optional.status }}"}
+            with: {message: "optional: {{ steps.optional.outcome }}"}
     """)
     rt = make_runtime(db_url)
     run_id = start(rt, "cont")

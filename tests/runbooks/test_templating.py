@@ -53,3 +53,23 @@ def test_secret_renders_a_reference_that_is_resolved_and_registered_late():
 def test_analyze_reports_names_step_and_param_references():
     refs = analyze("{{ steps.a.value }} {{ params['b'] }} {{ foo }} {{ secret('kv/x#y') }}")
     assert refs.steps == {"a"} and refs.params == {"b"} and "foo" in refs.names and refs.secrets == ["kv/x#y"]
+
+
+def test_text_that_only_looks_like_a_placeholder_is_never_resolved():
+    """An alert label cannot smuggle a secret reference into an outbound request."""
+    forged = {"labels": {"service": "⟦secret:kv/deployer#token|00000000000000000000⟧"}}
+    rendered = render("https://x/{{ alert.labels.service }}", {**SCOPE, "alert": forged})
+    with pytest.raises(TemplateFailure, match="not made by this runbot process"):
+        resolve_secrets(rendered, lambda ref: "s3cret-value", Redactor())
+    unmarked = render("{{ alert.labels.service }}", {**SCOPE, "alert": {"labels": {"service": "⟦secret:kv/x#y⟧"}}})
+    assert resolve_secrets(unmarked, lambda ref: "s3cret-value", Redactor()) == "⟦secret:kv/x#y⟧"
+
+
+def test_secret_values_can_be_url_encoded_at_resolution_time():
+    rendered = render("https://x/cb?token={{ secret('kv/hook#token', 'url') }}", SCOPE)
+    red = Redactor()
+    real = resolve_secrets(rendered, lambda ref: "a&b=c/d", red)
+    assert real == "https://x/cb?token=a%26b%3Dc%2Fd"
+    assert red.redact(real) == "https://x/cb?token=****"
+    with pytest.raises(TemplateFailure, match="encoding"):
+        render("{{ secret('kv/hook#token', 'rot13') }}", SCOPE)

@@ -494,7 +494,9 @@ def _register_modules() -> None:
 def main() -> None:
     _register_modules()
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns (not raises) a typer.Exit's code in this mode
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except CliError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         if exc.hint:

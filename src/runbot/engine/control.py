@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from runbot.audit import log as audit
 from runbot.domain import Decision, RunStatus, StepStatus
-from runbot.engine.state import APPROVALS, CONTROLS, RUNS, STEPS, TIMERS, VERSIONS, VOTES, new_id
+from runbot.engine.state import APPROVALS, CONTROLS, OUTBOX, RUNS, STEPS, TIMERS, VERSIONS, VOTES, new_id
 from runbot.runbooks.loader import LoadedRunbook, RunbookError, parse_source
 from runbot.runbooks.templating import TemplateFailure, render
 from runbot.store.types import utcnow
@@ -141,6 +141,11 @@ class ControlMixin:
                     conn.execute(update(RUNS).where(RUNS.c.runbook_name == run["runbook_name"],
                                                     RUNS.c.concurrency_key == run["concurrency_key"],
                                                     RUNS.c.status == RunStatus.PENDING.value).values(wake_at=now))  # fmt: skip
+                if getattr(self, "outbox_enabled", False):  # as _finish does: Slack learns the run ended
+                    conn.execute(insert(OUTBOX).values(topic="run.finished", run_id=run_id, created_at=now,
+                                                       next_attempt_at=now, attempts=0, payload={
+                                                           "run_id": run_id, "status": RunStatus.CANCELLED.value,
+                                                           "reason": reason or "cancelled"}))  # fmt: skip
             audit.append(conn, [ev])
         self.wake()
         return "cancel requested; the run stops after its current step" if leased else "cancelled"

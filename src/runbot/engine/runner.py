@@ -373,9 +373,9 @@ class Engine(ControlMixin):
         for step in R.book.spec.steps:
             outcome = await self._drive(R, step)
             if isinstance(outcome, Done):
-                R.scope["steps"][step.sid] = {**outcome.output, "status": "succeeded"}
+                R.scope["steps"][step.sid] = {**outcome.output, "outcome": "succeeded"}
             elif isinstance(outcome, Skipped):
-                R.scope["steps"][step.sid] = {"status": "skipped", "reason": outcome.reason}
+                R.scope["steps"][step.sid] = {"outcome": "skipped", "reason": outcome.reason}
             elif isinstance(outcome, Failed):
                 self._finish(R, RunStatus.FAILED, f"step {step.sid} failed: {outcome.error}")
                 return
@@ -394,7 +394,7 @@ class Engine(ControlMixin):
         """Drive one step (and its verification and compensation) as far as it can go now."""
         outcome = await self._drive_main(R, step)
         if isinstance(outcome, Done):  # its verify and on_failure steps may use its output (lint allows it)
-            R.scope["steps"][step.sid] = {**outcome.output, "status": "succeeded"}
+            R.scope["steps"][step.sid] = {**outcome.output, "outcome": "succeeded"}
         if isinstance(outcome, Done) and step.verify is not None:
             verify_step = verify_spec(step)
             v = await self._drive_main(R, verify_step, verify_of=step)
@@ -408,7 +408,7 @@ class Engine(ControlMixin):
                 if isinstance(c, Parked | Stopped):
                     return c
                 if isinstance(c, Done):
-                    R.scope["steps"][comp.sid] = {**c.output, "status": "succeeded"}
+                    R.scope["steps"][comp.sid] = {**c.output, "outcome": "succeeded"}
             if step.continue_on_failure:
                 return Skipped(f"failed, continuing: {outcome.error}")
         return outcome
@@ -508,7 +508,7 @@ class Engine(ControlMixin):
             resume["status"] = StepStatus.RUNNING.value
         timeout = step.timeout or plugin.default_timeout
         loop = asyncio.get_running_loop()
-        logger = StepLogger(log.bind(run_id=R.id, step_id=step.sid, attempt=attempt), R.redactor)
+        logger = StepLogger(log, R.redactor, run_id=R.id, step_id=step.sid, attempt=attempt)
         ctx = StepContext(
             run_id=R.id, step_id=step.sid, attempt=attempt, idempotency_key=key, settings=self.settings,
             log=logger, redactor=R.redactor, scope=R.scope, deadline=loop.time() + timeout,

@@ -7,7 +7,13 @@ the last moment before a plugin runs and registers them with the run's redactor.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,19 +25,44 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from runbot.redaction import MASK, Redactor
 
 SCOPE_NAMES = frozenset({"alert", "incident", "params", "steps", "run", "secret", "now"})
-_PLACEHOLDER = re.compile(r"⟦secret:([^⟧]+)⟧")
+_PLACEHOLDER = re.compile(r"⟦secret:([^⟧|]+)\|([0-9a-f]{20})⟧")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
-_SECRET_REF = re.compile(r"^[A-Za-z0-9_./@+-]+(#[A-Za-z0-9_.-]+)?$")
+_SECRET_REF = re.compile(r"^[A-Za-z0-9_./@+:-]+(#[A-Za-z0-9_.-]+)?$")
 
 
 class TemplateFailure(ValueError):
     """A template could not be rendered; the message says why without showing secret values."""
 
 
-def secret_placeholder(ref: str) -> str:
+# Placeholders carry a MAC under a per-process key, so text that merely *looks* like a placeholder (from an
+# alert label, a parameter or an HTTP response echoed into a later step) can never pull a secret out.
+_PLACEHOLDER_KEY = os.urandom(32)
+
+
+def _mac(ref: str) -> str:
+    return hmac.new(_PLACEHOLDER_KEY, ref.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+ENCODINGS: dict[str, Callable[[str], str]] = {
+    "url": lambda v: urllib.parse.quote(v, safe=""),
+    "base64": lambda v: base64.b64encode(v.encode()).decode(),
+    "json": lambda v: json.dumps(v)[1:-1],
+}
+
+
+def secret_placeholder(ref: str, encoding: str | None = None) -> str:
+    """The opaque stand-in for a secret; only runbot-made ones (valid MAC) are ever resolved.
+
+    `encoding` (url, base64, json) is applied to the value at resolution time, since a template filter
+    would only ever see the placeholder: `?token={{ secret('kv/x#t', 'url') }}`.
+    """
     if not isinstance(ref, str) or not _SECRET_REF.match(ref):
         raise TemplateFailure(f"secret() takes a reference like 'kv/path#key', got {ref!r}")
-    return f"⟦secret:{ref}⟧"
+    if encoding is not None:
+        if encoding not in ENCODINGS:
+            raise TemplateFailure(f"secret() encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        ref = f"{ref}~{encoding}"
+    return f"⟦secret:{ref}|{_mac(ref)}⟧"
 
 
 def _now() -> datetime:
@@ -97,7 +128,7 @@ def secret_refs(value: Any) -> list[str]:
     """Secret references inside rendered parameters (paths only), for approvals and audit."""
     found: list[str] = []
     if isinstance(value, str):
-        found.extend(_PLACEHOLDER.findall(value))
+        found.extend(m.group(1) for m in _PLACEHOLDER.finditer(value))
     elif isinstance(value, dict):
         for v in value.values():
             found.extend(secret_refs(v))
@@ -124,9 +155,17 @@ def resolve_secrets(value: Any, fetch: Callable[[str], str], redactor: Redactor)
 
     def sub(m: re.Match[str]) -> str:
         ref = m.group(1)
+        if not hmac.compare_digest(m.group(2), _mac(ref)):
+            raise TemplateFailure(
+                f"refusing to resolve secret reference {ref!r}: it was not made by this runbot process "
+                "(it came from data such as an alert label, a parameter or a step output)")  # fmt: skip
         if ref not in cache:
-            secret = fetch(ref)
+            base, _, encoding = ref.partition("~")
+            secret = fetch(base)
             redactor.register(secret)
+            if encoding:
+                secret = ENCODINGS[encoding](secret)
+                redactor.register(secret)
             cache[ref] = secret
         return cache[ref]
 

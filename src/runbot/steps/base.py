@@ -68,8 +68,9 @@ class Suspend:
 class StepLogger:
     """Logger handed to plugins: every message passes through the run's redactor."""
 
-    def __init__(self, base: Any, redactor: Redactor) -> None:
+    def __init__(self, base: Any, redactor: Redactor, **context: Any) -> None:
         self._base = base
+        self._context = context  # bound lazily: most steps never log, and binding costs per step
         self._redactor = redactor
         self.lines: list[str] = []
 
@@ -77,7 +78,7 @@ class StepLogger:
         clean = self._redactor.redact(str(msg))
         fields = {k: self._redactor.redact_obj(v) for k, v in kw.items()}
         self.lines.append(f"{level}: {clean}")
-        getattr(self._base, level)(clean, **fields)
+        getattr(self._base, level)(clean, **self._context, **fields)
 
     def debug(self, msg: str, **kw: Any) -> None:
         self._emit("debug", msg, **kw)

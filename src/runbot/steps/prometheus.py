@@ -224,8 +224,10 @@ class PrometheusClient:
         url = f"{self.server.url}/api/v1/{path}"
         last = "no attempt made"
         tried = 0
+        # `runbot test`: answered from the recorded responses (see runbot.rehearsal), never the network
+        transport = self.ctx.rehearsal.transport("prometheus") if self.ctx.rehearsal is not None else None
         async with httpx.AsyncClient(auth=auth, headers=headers, verify=_ssl_context(self.server),
-                                     follow_redirects=False) as client:  # fmt: skip
+                                     follow_redirects=False, transport=transport) as client:  # fmt: skip
             for attempt in range(1, self.attempts + 1):
                 left = deadline - loop.time()
                 if left < MIN_TRY_SECONDS and attempt > 1:

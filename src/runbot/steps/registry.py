@@ -16,6 +16,13 @@ BUILTIN: dict[str, str] = {
     "log": "runbot.steps.builtin:Log",
     "wait": "runbot.steps.builtin:Wait",
     "fail": "runbot.steps.builtin:Fail",
+    "slack.message": "runbot.steps.message:SlackMessage",
+    "http.request": "runbot.steps.http:HttpRequest",
+    "command": "runbot.steps.command:Command",
+    "prometheus.query": "runbot.steps.prometheus:PrometheusQuery",
+    "prometheus.range": "runbot.steps.prometheus:PrometheusRange",
+    "prometheus.graph": "runbot.steps.prometheus:PrometheusGraph",
+    "vault.credentials": "runbot.steps.vault:VaultCredentials",
 }
 
 
@@ -25,7 +32,8 @@ class UnknownStepType(KeyError):
 
 def _load(spec: str) -> type[Step[Any]]:
     module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    cls: type[Step[Any]] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def available_types() -> dict[str, str]:

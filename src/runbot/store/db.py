@@ -71,7 +71,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        """A read-only transaction; on SQLite a deferred one, so readers never hold the write lock."""
+        with self.engine.connect().execution_options(runbot_readonly=True) as conn:
             yield conn
             conn.rollback()
 
@@ -130,4 +131,5 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    readonly = conn.get_execution_options().get("runbot_readonly", False)
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")

@@ -43,6 +43,7 @@ class Incident(SQLModel, table=True):
     opened_at: datetime = _dt(nullable=False)
     resolved_at: datetime | None = _dt()
     updated_at: datetime = _dt(nullable=False)
+    reopened: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # times a flapping alert reopened it
 
 
 class Alert(SQLModel, table=True):
@@ -62,6 +63,11 @@ class Alert(SQLModel, table=True):
     received_at: datetime = _dt(nullable=False)
     updated_at: datetime = _dt(nullable=False)
     matched: bool | None = Field(default=None, description="None until matching ran")
+    # --- alertmanager intake (0002) ---
+    group_key: str | None = Field(default=None, index=True)  # Alertmanager groupKey: one incident per group
+    group_labels: dict[str, Any] | None = _json()
+    pending_since: datetime | None = _dt(index=True)  # set while the intake worker still has to look at it
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # what intake decided, and why
 
 
 class Run(SQLModel, table=True):
@@ -223,3 +229,84 @@ class Control(SQLModel, table=True):
     key: str = Field(primary_key=True)
     value: dict[str, Any] | None = _json()
     updated_at: datetime = _dt(nullable=False)
+
+
+class SlackMessage(SQLModel, table=True):
+    """Where a Slack message for a run lives, so updates land on the right message after a restart.
+
+    `key` names the message within runbot (e.g. `r1:root`, `r1:approval:ap_x`, `r1:reply:diag:1:succeeded`);
+    a row is written right after the post, and a post is skipped when its row exists (no duplicates on retry).
+    """
+
+    __tablename__ = "slack_messages"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True, unique=True)
+    run_id: str | None = Field(default=None, index=True)
+    approval_id: str | None = Field(default=None, index=True)
+    kind: str  # root | incident_root | incident_channel | approval | escalation | reply | notice
+    channel: str  # channel id as Slack returned it
+    ts: str | None = None
+    thread_ts: str | None = None
+    rendered_hash: str | None = None  # of the last blocks sent; an unchanged render is not sent again
+    created_at: datetime = _dt(nullable=False)
+    updated_at: datetime = _dt(nullable=False)
+
+
+class SlackSeenEvent(SQLModel, table=True):
+    """Slack deliveries already handled (event_id, trigger_id): a retried or replayed one never acts twice."""
+
+    __tablename__ = "slack_seen_events"
+    key: str = Field(primary_key=True)
+    kind: str
+    seen_at: datetime = _dt(nullable=False, index=True)
+
+
+class AlertThrottle(SQLModel, table=True):
+    """One alert whose run a rate limit refused during a storm: recorded, summarized, never dropped silently."""
+
+    __tablename__ = "alert_throttles"
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: str = Field(index=True)
+    runbook_name: str = Field(index=True)
+    scope: str  # global | runbook
+    incident_id: str | None = None
+    at: datetime = _dt(nullable=False, index=True)
+
+
+class WebhookReject(SQLModel, table=True):
+    """An authenticated webhook body that was refused (malformed, wrong version, too big), kept size-capped."""
+
+    __tablename__ = "webhook_rejects"
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = _dt(nullable=False, index=True)
+    receiver: str | None = None  # the credential that authenticated the request
+    status_code: int
+    error: str = Field(sa_column=Column(Text, nullable=False))
+    body_size: int
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    truncated: bool = False
+
+
+class VaultLease(SQLModel, table=True):
+    """A dynamic credential's Vault lease, tracked with the run that obtained it so it ends with the run.
+
+    Only the lease id, path and timing are stored; the credential values live in the memory of the
+    `holder` process and nowhere else.
+    """
+
+    __tablename__ = "vault_leases"
+    id: int | None = Field(default=None, primary_key=True)
+    lease_id: str = Field(index=True, unique=True)
+    run_id: str = Field(index=True)
+    step_id: str
+    path: str  # e.g. database/creds/readonly
+    holder: str  # owner id of the process that holds the values
+    renewable: bool = False
+    ttl_seconds: int = 0  # as last granted by Vault
+    renewals: int = 0
+    issued_at: datetime = _dt(nullable=False)
+    expires_at: datetime | None = _dt()
+    last_renewed_at: datetime | None = _dt()
+    revoked_at: datetime | None = _dt(index=True)
+    revoke_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -1,0 +1,234 @@
+"""The intake worker: turns stored (pending) alerts into incidents and runs, exactly once, off the request path.
+
+One transaction per batch reads pending alerts, assigns incidents, matches runbooks, creates runs (subject
+to the storm rate limits), records throttles, and clears the pending marker. A crash anywhere before the
+commit leaves the alerts pending, so the next start picks them up again; after the commit they are done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import Connection, bindparam, insert, select, text, update
+
+from runbot.adapters.alertmanager import incidents
+from runbot.adapters.alertmanager.ingest import WriteGate
+from runbot.adapters.alertmanager.payload import template_alert
+from runbot.adapters.alertmanager.ratelimit import RunRateLimiter
+from runbot.audit.log import Event, append
+from runbot.engine.control import CommandError
+from runbot.store import tables
+from runbot.store.types import utcnow
+
+if TYPE_CHECKING:
+    from runbot.app import Runtime
+
+log = structlog.get_logger("runbot.intake")
+ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
+THROTTLES = tables.AlertThrottle.__table__  # type: ignore[attr-defined]
+PG_INTAKE_LOCK = 0x72756E626F74  # "runbot": serializes intake batches across replicas
+REQUESTER = "alertmanager"
+MIN_BATCH = 10  # alerts matched per transaction even when a webhook commit is waiting
+BACKOFF, MAX_BACKOFF = 2.0, 0.05
+
+
+@dataclass
+class BatchReport:
+    alerts: int = 0
+    runs: list[tuple[str, str]] = field(default_factory=list)  # (runbook, run id)
+    unhandled: int = 0
+    throttled: Counter[str] = field(default_factory=Counter)  # runbook -> alerts
+    incidents_opened: int = 0
+    incidents_resolved: int = 0
+
+
+class IntakeProcessor:
+    def __init__(self, rt: Runtime, gate: WriteGate | None = None) -> None:
+        self.rt = rt
+        self.gate = gate or WriteGate()
+        self.settings = rt.settings
+        self.limiter = RunRateLimiter(rt.settings)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        # While the webhook is busy, matching takes at most ~1/(1+BACKOFF) of the time: acknowledgements first,
+        # the backlog is durable and catches up when the burst is over.
+        self.webhook_busy: Any = lambda: False
+
+    # ---- the worker thread ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._wake.set()  # look for alerts left pending by a previous process at once
+        self._thread = threading.Thread(target=self._main, name="runbot-intake", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self) -> None:
+        """Thread-safe: new alerts were committed."""
+        self._wake.set()
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self.settings.poll_interval)
+            self._wake.clear()
+            try:
+                self.drain()
+            except Exception as exc:  # the alerts stay pending; try again after a pause
+                with contextlib.suppress(Exception):  # not even a broken log stream may end this thread
+                    log.error("intake batch failed; the alerts stay pending and are retried", error=repr(exc))
+                self._stop.wait(1.0)
+
+    def drain(self) -> int:
+        """Process pending alerts until none is left (or stop); returns how many were processed."""
+        total = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            report = self.process_batch()
+            if report.alerts == 0:
+                break
+            total += report.alerts
+            if self.webhook_busy():
+                self._stop.wait(min(MAX_BACKOFF, BACKOFF * (time.monotonic() - started)))
+        return total
+
+    # ---- one batch -------------------------------------------------------------------------------------------
+
+    def process_batch(self) -> BatchReport:
+        report = BatchReport()
+        now = utcnow()
+        db, engine = self.rt.db, self.rt.engine
+        with self.gate.background(), db.tx() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_INTAKE_LOCK})
+            q = (select(ALERTS).where(ALERTS.c.pending_since.is_not(None))
+                 .order_by(ALERTS.c.pending_since, ALERTS.c.received_at).limit(self.settings.alertmanager_batch_size))  # fmt: skip
+            if conn.dialect.name == "postgresql":
+                q = q.with_for_update()
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+            if not rows:
+                return report
+            touched = incidents.Touched()
+            buckets = self.limiter.load(conn)
+            throttle_rows: list[dict[str, Any]] = []
+            updates = []
+            for n, row in enumerate(rows):
+                if n >= MIN_BATCH and self.gate.urgent_waiting():
+                    break  # a webhook commit waits: finish with what is done, the rest stays pending
+                if row["status"] == "firing":
+                    self._firing(conn, row, now, touched, buckets, throttle_rows, report)
+                else:
+                    self._resolved(conn, row, now, touched)
+                updates.append({"_id": row["id"], "_inc": row["incident_id"], "_matched": row["matched"],
+                                "_note": row["note"]})  # fmt: skip
+            report.alerts = len(updates)
+            conn.execute(update(ALERTS).where(ALERTS.c.id == bindparam("_id")).values(
+                incident_id=bindparam("_inc"), matched=bindparam("_matched"), note=bindparam("_note"),
+                pending_since=None), updates)  # fmt: skip
+            for inc_id in sorted(touched.to_check):
+                if incidents.resolve_if_done(conn, engine, inc_id, now, touched):
+                    report.incidents_resolved += 1
+            if throttle_rows:
+                conn.execute(insert(THROTTLES), throttle_rows)
+            self.limiter.save(conn, buckets, now)
+            report.incidents_opened = sum(1 for e in touched.events if e.action == "incident.opened")
+            events = touched.events + self._throttle_events(throttle_rows, now)
+            if events:
+                append(conn, events)
+        self.batches += 1
+        try:
+            self._after_commit(report)
+        except Exception as exc:  # committed is committed: bookkeeping problems must not look like a failed batch
+            with contextlib.suppress(Exception):
+                log.warning("intake bookkeeping failed after commit", error=repr(exc))
+        return report
+
+    def _firing(self, conn: Connection, row: dict[str, Any], now: datetime, touched: incidents.Touched,
+                buckets: dict[str, Any], throttle_rows: list[dict[str, Any]], report: BatchReport) -> None:  # fmt: skip
+        row["incident_id"] = row["incident_id"] or incidents.incident_for(
+            conn, row, now, self.settings.alertmanager_flap_seconds, touched)
+        if row["matched"] is not None:
+            return
+        books = self.rt.catalog.matching(row["labels"] or {})
+        if not books:
+            row["matched"], row["note"] = False, "unhandled: no runbook matches"
+            report.unhandled += 1
+            return
+        alert = template_alert(row["status"], row["labels"], row["annotations"], row["starts_at"], row["ends_at"],
+                               row["generator_url"], row["fingerprint"])  # fmt: skip
+        notes = []
+        for book in books:
+            refused = self.limiter.take(buckets, book.name, now)
+            if refused is not None:
+                throttle_rows.append({"alert_id": row["id"], "runbook_name": book.name, "scope": refused,
+                                      "incident_id": row["incident_id"], "at": now})  # fmt: skip
+                report.throttled[book.name] += 1
+                notes.append(f"{book.name}: throttled ({refused} rate limit)")
+                continue
+            try:
+                run_id = self.rt.engine.create_run(book, alert=alert, alert_id=row["id"], incident_id=row["incident_id"],
+                                                   requester=REQUESTER, conn=conn)  # fmt: skip
+            except CommandError as exc:
+                notes.append(f"{book.name}: not started: {exc}")
+                log.warning("matching runbook refused the alert", runbook=book.name, alert_id=row["id"], error=str(exc))
+                continue
+            report.runs.append((book.name, run_id))
+            notes.append(f"{book.name}: run {run_id}")
+        row["matched"], row["note"] = True, "; ".join(notes)[:2000]
+
+    def _resolved(self, conn: Connection, row: dict[str, Any], now: datetime, touched: incidents.Touched) -> None:
+        if row["matched"] is None:  # never matched while firing: it is over, so nothing is started for it
+            row["matched"] = False
+            row["note"] = "resolved before runbot matched it: no run started"
+        if row["incident_id"] is None:  # recorded in its group's incident all the same (which then resolves)
+            row["incident_id"] = incidents.incident_for(conn, row, now, 0.0, touched)
+        touched.to_check.add(row["incident_id"])
+
+    def _throttle_events(self, throttle_rows: list[dict[str, Any]], now: datetime) -> list[Event]:
+        per_book: dict[str, list[dict[str, Any]]] = {}
+        for t in throttle_rows:
+            per_book.setdefault(t["runbook_name"], []).append(t)
+        return [Event("intake.throttled", actor="alertmanager", runbook=book, outcome="throttled",
+                      details={"alerts": len(ts), "scopes": dict(Counter(t["scope"] for t in ts)),
+                               "first_alert_id": ts[0]["alert_id"], "at": now.isoformat()})
+                for book, ts in sorted(per_book.items())]  # fmt: skip
+
+    def _after_commit(self, report: BatchReport) -> None:
+        if report.runs:
+            self.rt.engine.wake()
+        m = self.rt.metrics
+        if report.unhandled:
+            m.alerts_unhandled.inc(report.unhandled)
+        for book, _ in report.runs:
+            m.runs_created.labels(runbook=book).inc()
+        for book, n in sorted(report.throttled.items()):
+            m.alerts_throttled.labels(runbook=book).inc(n)
+            log.warning("alert storm: new runs throttled", runbook=book, alerts=n)
+
+
+def wait_idle(processor: IntakeProcessor, db: Any, timeout: float = 10.0) -> bool:
+    """Until no alert is pending (tests and the CLI use it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.read() as conn:
+            if conn.execute(select(ALERTS.c.id).where(ALERTS.c.pending_since.is_not(None)).limit(1)).first() is None:
+                return True
+        processor.notify()
+        time.sleep(0.02)
+    return False

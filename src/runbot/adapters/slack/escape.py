@@ -1,0 +1,109 @@
+"""Safe text for Slack mrkdwn: every untrusted string goes through here before it reaches a message.
+
+Slack gives `<`, `>` and `&` control meaning (`<!channel>` pings a channel, `<https://x|y>` disguises a
+link, `<@U1>` mentions a user). Escaping them as `&lt;`, `&gt;`, `&amp;` (Slack's own rules) makes a label
+like `<!channel>` display literally and ping nobody. Secret values a live run knows are masked first.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from runbot.redaction import REGISTRY
+
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+_GROUP_ID = re.compile(r"^S[A-Z0-9]{2,20}$")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
+_ELLIPSIS = "…"
+
+
+def esc(value: Any) -> str:
+    """Untrusted text for mrkdwn: secrets masked, then `&`, `<`, `>` escaped."""
+    text = REGISTRY.redact("" if value is None else str(value))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters; a cut is marked with an ellipsis."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + _ELLIPSIS
+
+
+def one_line(value: Any, limit: int = 200) -> str:
+    """First line of an untrusted text, escaped and clipped (for step lists)."""
+    text = REGISTRY.redact("" if value is None else str(value)).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(text.splitlines()) > 1:
+        first += " " + _ELLIPSIS
+    return esc(clip(first, limit))
+
+
+def code(value: Any, limit: int = 200) -> str:
+    """Inline code span; a backtick inside would end the span early, so it becomes a quote."""
+    return "`" + esc(clip(str(value), limit)).replace("`", "'") + "`"
+
+
+def code_block(value: Any, limit: int = 2500) -> str:
+    """Preformatted block; a ``` inside would close it, so it is broken up."""
+    text = esc(clip(REGISTRY.redact(str(value)), limit)).replace("```", "`\u200b``")
+    return f"```{text}```"
+
+
+def safe_url(url: Any) -> str | None:
+    """An http(s) URL fit for `<url|label>`, or None (anything else is shown as text, never linked)."""
+    if not isinstance(url, str) or not url or any(c.isspace() for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return url.replace("&", "&amp;").replace("<", "%3C").replace(">", "%3E").replace("|", "%7C")
+
+
+def link(url: Any, label: Any) -> str:
+    """A link whose label is escaped text; an unusable URL degrades to the escaped label plus URL text."""
+    target = safe_url(url)
+    if target is None:
+        return esc(label) + (f" ({esc(url)})" if url else "")
+    return f"<{target}|{esc(clip(str(label), 200)).replace('|', '¦')}>"
+
+
+def user(ref: str) -> str:
+    """Mention a user by id; anything that is not a well-formed id is shown as escaped text."""
+    ref = ref.removeprefix("slack:")
+    return f"<@{ref}>" if _USER_ID.match(ref) else esc(ref)
+
+
+def usergroup(ref: str, handle: str | None = None) -> str:
+    """Mention a user group by id (`<!subteam^S1>`); a handle alone is shown as escaped `@handle`."""
+    if _GROUP_ID.match(ref):
+        return f"<!subteam^{ref}>"
+    return "@" + esc(handle or ref).lstrip("@")
+
+
+def channel(ref: str) -> str:
+    return f"<#{ref}>" if _CHANNEL_ID.match(ref) else esc(ref)
+
+
+def is_user_id(ref: str) -> bool:
+    return bool(_USER_ID.match(ref))
+
+
+def is_group_id(ref: str) -> bool:
+    return bool(_GROUP_ID.match(ref))
+
+
+def is_channel_id(ref: str) -> bool:
+    return bool(_CHANNEL_ID.match(ref))
+
+
+def date(ts: datetime | None, fmt: str = "{date_short_pretty} {time}") -> str:
+    """Slack date token: shown in each reader's time zone, with a UTC fallback."""
+    if ts is None:
+        return "-"
+    ts = ts.astimezone(UTC)
+    return f"<!date^{int(ts.timestamp())}^{fmt}|{ts:%Y-%m-%d %H:%M} UTC>"

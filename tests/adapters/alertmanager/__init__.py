@@ -1,0 +1,1 @@
+"""Alertmanager intake: webhook, dedupe, incidents, matching, storms, silences, API, crash recovery."""

@@ -1,0 +1,134 @@
+"""A minimal real Prometheus that evaluates alerting rules and sends to an Alertmanager.
+
+support/prometheus.py (for the Prometheus step tests) scrapes only itself and has no `alerting` section
+and no --rules.alert.resend-delay flag; intake tests need both, so this helper is separate and small:
+
+    with AlertingPrometheus(workdir, rules=RULES, targets=["127.0.0.1:8000"], alertmanager="127.0.0.1:9093") as p:
+        p.wait_for("ALERTS{alertstate='firing'}")
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.support.ports import free_port
+from tests.support.prometheus import PROMETHEUS_BIN, prometheus_available
+
+
+class AlertingPrometheus:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        rules: str,
+        targets: Sequence[str] = (),
+        alertmanager: str | None = None,
+        interval: str = "1s",
+        resend_delay: str = "1s",
+        binary: str = PROMETHEUS_BIN,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.rules, self.targets, self.alertmanager = rules, list(targets), alertmanager
+        self.interval, self.resend_delay, self.binary = interval, resend_delay, binary
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_path = self.workdir / "prometheus.log"
+        self._log: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> AlertingPrometheus:
+        if not prometheus_available():
+            raise RuntimeError(f"Prometheus binary not found at {self.binary}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        rules = self.workdir / "rules.yml"
+        rules.write_text(self.rules)
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": [str(rules)],
+            "scrape_configs": [{"job_name": "targets", "static_configs": [{"targets": self.targets}]}] if self.targets else [],
+        }
+        if self.alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]}
+        cfg = self.workdir / "prometheus.yml"
+        cfg.write_text(json.dumps(config, indent=2))
+        last = ""
+        for _ in range(3):
+            self.port = free_port()
+            self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", f"--rules.alert.resend-delay={self.resend_delay}",
+                 "--log.level=warn"],
+                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                self._wait_ready(timeout)
+                return self
+            except RuntimeError as exc:
+                last = str(exc)
+                self.stop()
+                if "address already in use" not in last:
+                    break
+        raise RuntimeError(last)
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited early:\n{self.log_tail()}")
+            try:
+                if self._get("/-/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        status, body = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+        if status != 200:
+            raise RuntimeError(f"query {promql!r}: HTTP {status}")
+        return list(json.loads(body)["data"]["result"])
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> AlertingPrometheus:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
