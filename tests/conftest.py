@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -98,7 +99,5 @@ def make_runtime(tmp_path: Path, runbooks_dir: Path) -> Iterator[Callable[..., A
 
     yield make
     for rt in made:
-        try:
+        with contextlib.suppress(Exception):
             rt.close()
-        except Exception:
-            pass

@@ -119,7 +119,7 @@ def test_sigkill_mid_run_resumes_without_repeating_completed_or_in_flight_steps(
                 def parked():
                     with eng.connect() as c:
                         return c.execute(text("SELECT status, reason FROM runs WHERE id = :r"), {"r": run_id}).one()
-                status, reason = _wait(lambda: (row := parked())[0] == "waiting" and row, timeout=30, what="parking")
+                _, reason = _wait(lambda: (row := parked())[0] == "waiting" and row, timeout=30, what="parking")
                 assert "in doubt" in reason
                 assert (target.calls("/diag1"), target.calls("/diag2"), target.calls("/remediate")) == (1, 1, 1)
 

@@ -19,7 +19,7 @@ from runbot.domain import (
 
 def test_every_run_status_has_a_row_and_live_and_terminal_partition_them():
     assert set(RUN_TRANSITIONS) == set(RunStatus)
-    assert LIVE_RUN | TERMINAL_RUN == set(RunStatus)
+    assert set(RunStatus) == LIVE_RUN | TERMINAL_RUN
     assert not LIVE_RUN & TERMINAL_RUN
 
 
