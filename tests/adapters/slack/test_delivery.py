@@ -162,3 +162,29 @@ def test_a_slack_message_step_posts_its_text_in_the_thread_escaped(bots: Bots) -
     (reply,) = bot.wait_for(posted, what="the message in the thread")
     assert "&lt;!channel&gt; api is degraded" in reply.all_text()
     assert "<!channel>" not in reply.all_text()
+
+
+def test_the_postmortem_draft_is_posted_in_the_incident_thread_when_it_resolves(bots: Bots) -> None:
+    from runbot.engine.state import INCIDENTS
+    from runbot.postmortem.auto import incident_resolved
+
+    bot = bots.start({"diag": diagnostics_only(bots, 1)["diag"]})
+    now = utcnow()
+    with bot.rt.db.tx() as conn:
+        conn.execute(INCIDENTS.insert().values(id="inc-42", group_key="{}:{alertname=\"HighErrorRate\"}",
+                                               status="open", title="HighErrorRate checkout", severity="critical",
+                                               labels={"service": "checkout"}, opened_at=now, updated_at=now))
+    run_id = bot.alert_run("diag", incident_id="inc-42")
+    bot.wait_run(run_id, "succeeded")
+    root = bot.root(run_id)
+    with bot.rt.db.tx() as conn:
+        conn.execute(update(INCIDENTS).where(INCIDENTS.c.id == "inc-42").values(status="resolved", resolved_at=utcnow()))
+    assert incident_resolved(bot.rt, "inc-42") is not None
+
+    def posted() -> list:
+        return [m for m in bots.fake.thread(root.channel, root.ts) if "postmortem draft is attached" in m.all_text()]
+
+    bot.wait_for(posted, what="the postmortem note in the thread")
+    uploads = [m for m in bots.fake.thread(root.channel, root.ts) if m.files]
+    assert any(f.get("title") == "Postmortem draft: inc-42" for m in uploads for f in m.files)
+    assert incident_resolved(bot.rt, "inc-42") is None, "one draft per incident"

@@ -31,7 +31,8 @@ from runbot.adapters.slack.routing import channel_for, incident_channel_name, ru
 from runbot.adapters.slack.runview import RunView, load_run_view
 from runbot.adapters.slack.slackapi import classify, slack_error
 from runbot.adapters.slack.store import Ref, SlackStore
-from runbot.engine.state import ARTIFACTS, OUTBOX
+from runbot.engine.state import ARTIFACTS, OUTBOX, RUNS
+from runbot.redaction import REGISTRY
 from runbot.store.types import utcnow
 
 if TYPE_CHECKING:
@@ -400,9 +401,31 @@ class Delivery:
                 digest = GONE  # deleted or archived by someone: stop trying, keep delivering the rest
             self.store.set_hash(ref.key, digest)
 
+    def _post_postmortem(self, row: Row) -> None:
+        """The draft goes into the thread of the incident's first run, as a file plus a short note."""
+        incident_id = str(row.payload.get("incident_id") or "")
+        key = f"incident:{incident_id}:postmortem"
+        if not incident_id or self.store.ref(key) is not None:
+            return
+        with self.rt.db.read() as conn:
+            run_ids = [r.id for r in conn.execute(select(RUNS.c.id).where(RUNS.c.incident_id == incident_id)
+                                                  .order_by(RUNS.c.created_at))]  # fmt: skip
+        root = next((ref for ref in (self.store.ref(f"{rid}:root") for rid in run_ids) if ref is not None), None)
+        if root is None:
+            raise NoChannel(f"incident {incident_id} has no Slack thread to post its postmortem in")
+        text = REGISTRY.redact(str(row.payload.get("text") or ""))
+        self.client.files_upload_v2(channel=root.channel, thread_ts=root.ts, content=text,
+                                    filename=f"postmortem-{incident_id}.md", title=f"Postmortem draft: {incident_id}")  # fmt: skip
+        msg = B.notice(f":memo: Incident {E.code(incident_id)} resolved. The postmortem draft is attached; "
+                       f"fill in impact, root cause and action items (`runbot postmortem {E.esc(incident_id)}`).")  # fmt: skip
+        self._reply(root, key, msg)
+
     # ---- messages without a run ----------------------------------------------------------------------------------
 
     def _deliver_global(self, row: Row) -> None:
+        if row.topic == "postmortem.ready":
+            self._post_postmortem(row)
+            return
         if row.topic not in ("freeze.on", "freeze.off"):
             return
         channel = self.settings.slack_default_channel
