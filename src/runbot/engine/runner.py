@@ -490,7 +490,7 @@ class Engine(ControlMixin):
         idempotent = self._idempotent(plugin, step, rendered)
         remediation = step.approval is not None or step.risk == "high" or plugin.changes_things(step.with_)
         if remediation and verify_of is None and resume is None:
-            hold = self._hold(R, step)
+            hold = await asyncio.to_thread(self._hold, R, step)  # checks may ask Alertmanager over HTTP
             if hold is not None:
                 return self._record_hold(R, step, attempt, hold)
         key = f"{R.id}:{step.sid}:{attempt}"

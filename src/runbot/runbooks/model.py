@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from runbot.durations import Duration
 from runbot.runbooks.match import Matcher, parse_matcher
@@ -137,6 +137,7 @@ class Runbook(Strict):
     slack: SlackSpec | None = None
     tags: list[str] = Field(default_factory=list)
     steps: list[StepSpec] = Field(min_length=1)
+    _matchers: list[Matcher] | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -157,7 +158,9 @@ class Runbook(Strict):
         return self
 
     def matchers(self) -> list[Matcher]:
-        return [parse_matcher(m) for m in self.match]
+        if self._matchers is None:  # parsed once per loaded version: matching runs for every alert
+            self._matchers = [parse_matcher(m) for m in self.match]
+        return self._matchers
 
     def step(self, step_id: str) -> StepSpec | None:
         for s in self.all_steps():

@@ -1,4 +1,4 @@
-"""Fixtures for intake tests: an in-process bot (TestClient, real SQLite file) and runbook directories."""
+"""Fixtures for intake tests: an in-process bot (TestClient, real SQLite file); `runbooks_dir` is the suite's."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from runbot.app import Runtime, build_runtime, create_app
 from runbot.engine.state import INCIDENTS, RUNS
 from runbot.settings import Settings
 from runbot.store import tables
+from tests.conftest import write_runbook
+
+__all__ = ["API_AUTH", "AUTH", "HOOK_TOKEN", "Bot", "write_runbook"]
 
 ALERTS = tables.Alert.__table__
 HOOK_TOKEN = "hook-token-for-tests"
@@ -77,19 +80,6 @@ class Bot:
 
     def incidents(self, *where: Any) -> list[dict[str, Any]]:
         return self.rows(INCIDENTS, *where)
-
-
-@pytest.fixture
-def runbooks_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "runbooks"
-    d.mkdir()
-    return d
-
-
-def write_runbook(directory: Path, name: str, text: str) -> Path:
-    p = directory / f"{name}.yaml"
-    p.write_text(text)
-    return p
 
 
 @pytest.fixture

@@ -47,25 +47,26 @@ def counts(db_url: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.integration
-def test_every_acknowledged_alert_gets_its_run_exactly_once_after_a_sigkill(tmp_path, runbooks_dir):
+def test_every_acknowledged_alert_gets_its_run_exactly_once_after_a_sigkill(tmp_path, runbooks_dir, db_url):
     write_runbook(runbooks_dir, "disk", runbook())
     work = tmp_path / "srv"
+    env = {**NO_LIMITS, "database_url": db_url}
     # 1. a live server matching as it goes, killed right after the last acknowledgement
-    srv = RunbotServer(work, runbooks_dir, alertmanager_batch_size=5, **NO_LIMITS).start()
+    srv = RunbotServer(work, runbooks_dir, alertmanager_batch_size=5, **env).start()
     try:
         acked = post_batches(srv, "live", batches=16, size=25)
     finally:
         srv.kill()
     # 2. an accept-only server (matching off), killed too: its alerts are certainly unmatched
-    srv = RunbotServer(work, runbooks_dir, alertmanager_process="false", **NO_LIMITS).start()
+    srv = RunbotServer(work, runbooks_dir, alertmanager_process="false", **env).start()
     try:
         acked += post_batches(srv, "idle", batches=4, size=25)
     finally:
         srv.kill()
-    alerts, pending, _ = counts(srv.db_url)
+    alerts, pending, _ = counts(db_url)
     assert alerts == 500 and pending >= 100  # acknowledged means stored, even when nothing else happened
     # 3. restart: everything left pending is matched, nothing twice, and every run finishes
-    srv = RunbotServer(work, runbooks_dir, **NO_LIMITS).start()
+    srv = RunbotServer(work, runbooks_dir, **env).start()
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -11,12 +11,13 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, select, text
 
 from runbot.adapters.alertmanager import incidents
 from runbot.adapters.alertmanager.ingest import WriteGate
@@ -24,7 +25,10 @@ from runbot.adapters.alertmanager.payload import template_alert
 from runbot.adapters.alertmanager.ratelimit import RunRateLimiter
 from runbot.audit.log import Event, append
 from runbot.engine.control import CommandError
+from runbot.runbooks.loader import LoadedRunbook
+from runbot.runbooks.match import Matcher
 from runbot.store import tables
+from runbot.store.raw import Raw
 from runbot.store.types import utcnow
 
 if TYPE_CHECKING:
@@ -32,9 +36,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("runbot.intake")
 ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
-THROTTLES = tables.AlertThrottle.__table__  # type: ignore[attr-defined]
 PG_INTAKE_LOCK = 0x72756E626F74  # "runbot": serializes intake batches across replicas
 REQUESTER = "alertmanager"
+WORK_COLUMNS = ("id", "fingerprint", "starts_at", "ends_at", "status", "labels", "annotations", "generator_url",
+                "incident_id", "matched", "group_key", "group_labels", "note")  # what matching reads
 MIN_BATCH = 10  # alerts matched per transaction even when a webhook commit is waiting
 BACKOFF, MAX_BACKOFF = 2.0, 0.05
 
@@ -61,7 +66,8 @@ class IntakeProcessor:
         self.batches = 0
         # While the webhook is busy, matching takes at most ~1/(1+BACKOFF) of the time: acknowledgements first,
         # the backlog is durable and catches up when the burst is over.
-        self.webhook_busy: Any = lambda: False
+        self.webhook_busy: Callable[[], bool] = lambda: False
+        self._matchers: dict[str, list[Matcher]] = {}  # runbook version -> parsed matchers
 
     # ---- the worker thread ---------------------------------------------------------------------------------
 
@@ -117,7 +123,7 @@ class IntakeProcessor:
         with self.gate.background(), db.tx() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_INTAKE_LOCK})
-            q = (select(ALERTS).where(ALERTS.c.pending_since.is_not(None))
+            q = (select(*[ALERTS.c[c] for c in WORK_COLUMNS]).where(ALERTS.c.pending_since.is_not(None))
                  .order_by(ALERTS.c.pending_since, ALERTS.c.received_at).limit(self.settings.alertmanager_batch_size))  # fmt: skip
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()
@@ -135,17 +141,17 @@ class IntakeProcessor:
                     self._firing(conn, row, now, touched, buckets, throttle_rows, report)
                 else:
                     self._resolved(conn, row, now, touched)
-                updates.append({"_id": row["id"], "_inc": row["incident_id"], "_matched": row["matched"],
-                                "_note": row["note"]})  # fmt: skip
+                updates.append({"id": row["id"], "inc": row["incident_id"], "matched": row["matched"],
+                                "note": row["note"]})  # fmt: skip
             report.alerts = len(updates)
-            conn.execute(update(ALERTS).where(ALERTS.c.id == bindparam("_id")).values(
-                incident_id=bindparam("_inc"), matched=bindparam("_matched"), note=bindparam("_note"),
-                pending_since=None), updates)  # fmt: skip
+            raw = Raw(conn)  # the same transaction, without SQLAlchemy's per-row parameter building
+            raw.executemany("UPDATE alerts SET incident_id = :inc, matched = :matched, note = :note, "
+                            "pending_since = NULL WHERE id = :id", updates)  # fmt: skip
             for inc_id in sorted(touched.to_check):
                 if incidents.resolve_if_done(conn, engine, inc_id, now, touched):
                     report.incidents_resolved += 1
             if throttle_rows:
-                conn.execute(insert(THROTTLES), throttle_rows)
+                raw.insert_many("alert_throttles", throttle_rows)
             self.limiter.save(conn, buckets, now)
             report.incidents_opened = sum(1 for e in touched.events if e.action == "incident.opened")
             events = touched.events + self._throttle_events(throttle_rows, now)
@@ -165,7 +171,7 @@ class IntakeProcessor:
             conn, row, now, self.settings.alertmanager_flap_seconds, touched)
         if row["matched"] is not None:
             return
-        books = self.rt.catalog.matching(row["labels"] or {})
+        books = self._matching(row["labels"] or {})
         if not books:
             row["matched"], row["note"] = False, "unhandled: no runbook matches"
             report.unhandled += 1
@@ -191,6 +197,18 @@ class IntakeProcessor:
             report.runs.append((book.name, run_id))
             notes.append(f"{book.name}: run {run_id}")
         row["matched"], row["note"] = True, "; ".join(notes)[:2000]
+
+    def _matching(self, labels: dict[str, Any]) -> list[LoadedRunbook]:
+        """Catalog.matching, with each runbook's matchers parsed once per version rather than per alert."""
+        text_labels = {k: str(v) for k, v in labels.items()}
+        out = []
+        for book in self.rt.catalog.all():
+            matchers = self._matchers.get(book.version_hash)
+            if matchers is None:
+                matchers = self._matchers[book.version_hash] = book.spec.matchers()
+            if matchers and all(m.matches(text_labels) for m in matchers):
+                out.append(book)
+        return out
 
     def _resolved(self, conn: Connection, row: dict[str, Any], now: datetime, touched: incidents.Touched) -> None:
         if row["matched"] is None:  # never matched while firing: it is over, so nothing is started for it
