@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(default=None, description="Bearer token for /api and /admin endpoints")
     engine_workers: int = Field(default=16, ge=1, description="Runs advanced concurrently by one engine loop")
     engine_loops_pg: int = Field(default=4, ge=1, description="Engine loops per process on PostgreSQL (SQLite: 1)")
+    pg_async_commit_idempotent: bool = Field(
+        default=True,
+        description="PostgreSQL: commit idempotent steps' records with synchronous_commit=off (a database crash "
+        "may re-run such a step; a runbot crash loses nothing). Claims of other steps always commit synchronously",
+    )
     lease_seconds: float = Field(default=30.0, gt=1, description="Run lease; a crashed owner's runs are taken over after this")
     poll_interval: float = Field(default=1.0, gt=0, description="How often the engine looks for due work")
     instance_id: str | None = Field(default=None, description="Lease owner name; default host:pid")

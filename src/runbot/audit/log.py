@@ -60,14 +60,20 @@ def event_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(record)).hexdigest()
 
 
+def lock_clause(raw: Raw) -> str:
+    return "" if raw.sqlite else " FOR UPDATE"
+
+
+HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1"
+
+
 def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, Any]]:
     """Append events in order inside the caller's transaction and move the head (locked while we hold it)."""
     events = list(events)
     if not events:
         return []
     raw = Raw(conn)
-    lock = "" if raw.sqlite else " FOR UPDATE"
-    head = raw.execute(f"SELECT seq, hash FROM audit_head WHERE id = 1{lock}", {}).fetchone()
+    head = raw.audit_head or raw.execute(HEAD_SQL + lock_clause(raw), {}).fetchone()
     if head is None:
         raw.insert("audit_head", {"id": 1, "seq": 0, "hash": GENESIS})
         seq, prev = 0, GENESIS

@@ -613,7 +613,7 @@ class Engine(ControlMixin):
         self._commit(R, step_insert=row if fresh else None,
                      step_update=None if fresh else (step.sid, attempt, values), events=events,
                      artifacts=[(step.sid, *a) for a in artifacts], timers=timers,
-                     outbox=[(topic, {"run_id": R.id, "step_id": step.sid})])  # fmt: skip
+                     outbox=[(topic, {"run_id": R.id, "step_id": step.sid})], relaxed=idempotent)  # fmt: skip
         rows = R.journal.setdefault(step.sid, [])
         if fresh or not rows:
             rows.append(row)
@@ -688,21 +688,30 @@ class Engine(ControlMixin):
                 artifacts: list[tuple[str, str, str, bytes]] | None = None,
                 timers: Sequence[tuple[str | None, str, datetime]] | None = None,
                 outbox: list[tuple[str, dict[str, Any]]] | None = None,
-                extra: Any = None) -> None:  # fmt: skip
+                extra: Any = None, relaxed: bool = False) -> None:  # fmt: skip
         """One transaction: fenced run update (refused if we lost the lease) plus journal, audit, timers."""
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now, "lease_expires_at": plus(now, self.settings.lease_seconds)}
         if run:
             values.update(run)
         def write(raw: Raw, conn: Connection | None) -> None:
+            if relaxed and not raw.sqlite and self.settings.pg_async_commit_idempotent:
+                # Only the record of an idempotent step: losing it in a *database server* crash just means the
+                # step runs again, which is safe by definition. Our own process dying loses nothing.
+                raw.send("SET LOCAL synchronous_commit = off", {})
             sets = ", ".join(f"{k} = :v_{k}" for k in values)
-            row = raw.execute(
+            fenced = raw.send(
                 f"UPDATE runs SET {sets} WHERE id = :id AND fence = :fence AND lease_owner = :owner "
                 "RETURNING cancel_requested",
                 {**{f"v_{k}": v for k, v in values.items()}, "id": R.id, "fence": R.fence, "owner": self.owner},
-            ).fetchone()  # fmt: skip
+            )  # fmt: skip
+            head = raw.send(audit.HEAD_SQL + audit.lock_clause(raw), {}) if events and extra is None else None
+            row = fenced.fetchone()  # one round trip for both on PostgreSQL (pipeline mode)
             if row is None:
                 raise LeaseLost(R.id)
+            if head is not None:
+                h = head.fetchone()
+                raw.audit_head = (int(h[0]), str(h[1])) if h else None
             R.cancel_requested = bool(row[0])
             if step_insert is not None:
                 raw.insert("step_executions", step_insert)

@@ -60,8 +60,12 @@ class Database:
         try:
             if self.is_sqlite:
                 raw.cur.execute("BEGIN IMMEDIATE")
-            yield raw
-            conn.commit()
+                yield raw
+                conn.commit()
+            else:
+                with conn.dbapi_connection.pipeline():  # type: ignore[union-attr]  # results sync only when read
+                    yield raw
+                    conn.commit()
         except BaseException:
             try:
                 conn.rollback()

@@ -30,13 +30,19 @@ class Raw:
     def __init__(self, conn: Connection | Raw | None = None, *, dbapi: Any = None, sqlite: bool = True) -> None:
         self.sqlite: bool
         self.cur: Any
+        self.dbapi: Any
+        # (seq, hash) of the audit head, when the caller already read (and locked) it in this transaction
+        self.audit_head: tuple[int, str] | None = None
         if isinstance(conn, Raw):  # already raw: share its cursor
-            self.sqlite, self.cur = conn.sqlite, conn.cur
+            self.sqlite, self.cur, self.dbapi = conn.sqlite, conn.cur, conn.dbapi
+            self.audit_head = conn.audit_head
         elif conn is not None:
             self.sqlite = conn.dialect.name == "sqlite"
-            self.cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            self.dbapi = conn.connection.dbapi_connection
+            self.cur = self.dbapi.cursor()
         else:
-            self.sqlite, self.cur = sqlite, dbapi.cursor()
+            self.sqlite, self.dbapi = sqlite, dbapi
+            self.cur = dbapi.cursor()
         if not self.sqlite:
             from psycopg.types.json import Json
 
@@ -61,6 +67,13 @@ class Raw:
     def execute(self, sql: str, params: dict[str, Any]) -> Any:
         self.cur.execute(sql if self.sqlite else _pg_sql(sql), self._params(params))
         return self.cur
+
+    def send(self, sql: str, params: dict[str, Any]) -> Any:
+        """Execute on a cursor of its own: in PostgreSQL pipeline mode the result is fetched later,
+        so several statements share one round trip."""
+        cur = self.dbapi.cursor()
+        cur.execute(sql if self.sqlite else _pg_sql(sql), self._params(params))
+        return cur
 
     def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
         self.cur.executemany(sql if self.sqlite else _pg_sql(sql), [self._params(r) for r in rows])
