@@ -305,8 +305,8 @@ def test_a_run_failing_on_a_secret_names_the_path_only(bao: OpenBao, make_runtim
 
 
 @pytest.mark.xfail(strict=True, reason="core gap: a secret spliced raw into a URL is re-encoded by httpx in a "
-                   "non-standard way and split at '&', so the redactor cannot recognise it; secret() values cannot "
-                   "be URL-encoded in templates yet (see docs/vault.md)")
+                   "non-standard way and split at '&', so the redactor cannot recognise it; runbooks must use "
+                   "secret(ref, 'url') in URLs (see docs/vault.md and the test below)")
 def test_a_secret_spliced_raw_into_a_url_query_leaks_in_pieces(make_runtime: Any, runbooks_dir: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     monkeypatch.setenv("RUNBOT_SECRET_KV_URL_CANARY__VALUE", CANARY)  # the env provider: no Vault needed here
@@ -320,4 +320,22 @@ def test_a_secret_spliced_raw_into_a_url_query_leaks_in_pieces(make_runtime: Any
         rt = make_runtime(http_allow_hosts=[target.netloc], http_allow_cidrs=["127.0.0.0/8"])
         run_id = start(rt, "url")
         assert drive(rt, run_id) is RunStatus.SUCCEEDED
+        assert_clean("http.request output", json.dumps(steps(rt, run_id), default=str, ensure_ascii=False), [CANARY])
+
+
+def test_a_secret_url_encoded_at_resolution_does_not_leak(make_runtime: Any, runbooks_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The supported way to put a secret in a URL: secret(ref, 'url') encodes the value itself."""
+    monkeypatch.setenv("RUNBOT_SECRET_KV_URL_CANARY__VALUE", CANARY)
+    with HttpTarget() as target:
+        target.route("/echo", lambda req: Reply(json={"query": req.query}))
+        write_runbook(runbooks_dir, "url", f"""
+            name: url
+            steps:
+              - {{id: get, type: http.request, with: {{url: "{target.url('/echo')}?key={{{{ secret('kv/url-canary#value', 'url') }}}}"}}}}
+            """)  # fmt: skip
+        rt = make_runtime(http_allow_hosts=[target.netloc], http_allow_cidrs=["127.0.0.0/8"])
+        run_id = start(rt, "url")
+        assert drive(rt, run_id) is RunStatus.SUCCEEDED
+        assert target.calls("/echo") == 1
         assert_clean("http.request output", json.dumps(steps(rt, run_id), default=str, ensure_ascii=False), [CANARY])
