@@ -128,6 +128,7 @@ class Engine(ControlMixin):
         self.rehearsal: Any = None
         self.stats = {"steps": 0, "runs_finished": 0}
         self.peers: list[Engine] = []
+        db.relaxed_commits = settings.pg_async_commit_idempotent and not db.is_sqlite
 
     # ---- loop management --------------------------------------------------------------------------------
 
@@ -695,10 +696,10 @@ class Engine(ControlMixin):
         if run:
             values.update(run)
         def write(raw: Raw, conn: Connection | None) -> None:
-            if relaxed and not raw.sqlite and self.settings.pg_async_commit_idempotent:
-                # Only the record of an idempotent step: losing it in a *database server* crash just means the
-                # step runs again, which is safe by definition. Our own process dying loses nothing.
-                raw.send("SET LOCAL synchronous_commit = off", {})
+            if not relaxed and not raw.sqlite and self.db.relaxed_commits and conn is None:
+                # Only records of idempotent steps may commit asynchronously (a *database server* crash then
+                # just re-runs the step, which is safe by definition); everything else is durable at commit.
+                raw.send("SET LOCAL synchronous_commit = on", {})
             sets = ", ".join(f"{k} = :v_{k}" for k in values)
             fenced = raw.send(
                 f"UPDATE runs SET {sets} WHERE id = :id AND fence = :fence AND lease_owner = :owner "

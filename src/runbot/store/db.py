@@ -28,6 +28,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._local = threading.local()
+        self.relaxed_commits = False  # PostgreSQL: see Settings.pg_async_commit_idempotent
         self._raw_lock = threading.Lock()
         self._raw_conns: list[Any] = []
         if self.is_sqlite:
@@ -54,6 +55,12 @@ class Database:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.engine.raw_connection()
+            if not self.is_sqlite and self.relaxed_commits:
+                # the engine's own connection: commits default to asynchronous; any transaction that must be
+                # durable says `SET LOCAL synchronous_commit = on` (see Engine._commit)
+                cur = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
+                cur.execute("SET synchronous_commit = off")
+                conn.commit()
             with self._raw_lock:
                 self._raw_conns.append(conn)
         raw = Raw(dbapi=conn.dbapi_connection, sqlite=self.is_sqlite)
