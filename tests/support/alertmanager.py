@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ports import free_port
+from tests.support.process import ManagedProcess
 
 ALERTMANAGER_BIN = os.environ.get("ALERTMANAGER_BIN", "/usr/bin/prometheus-alertmanager")
 
@@ -30,7 +31,7 @@ def alertmanager_available() -> bool:
     return Path(ALERTMANAGER_BIN).is_file() and os.access(ALERTMANAGER_BIN, os.X_OK)
 
 
-class AlertmanagerProcess:
+class AlertmanagerProcess(ManagedProcess):
     def __init__(
         self,
         workdir: Path,
@@ -121,31 +122,6 @@ class AlertmanagerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"alertmanager not ready after {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> AlertmanagerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---- API -------------------------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ports import free_port
+from tests.support.process import ManagedProcess
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
 
@@ -46,7 +47,7 @@ class BasicAuthUser:
     password: str
 
 
-class PrometheusProcess:
+class PrometheusProcess(ManagedProcess):
     """One real Prometheus on 127.0.0.1:<free port>; see the module docstring."""
 
     def __init__(
@@ -193,12 +194,6 @@ class PrometheusProcess:
             args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -236,26 +231,6 @@ class PrometheusProcess:
             timeout=timeout,
             check=lambda r: bool(r) and float(r[0]["value"][1]) >= samples,
         )
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> PrometheusProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 @contextmanager
 def running_prometheus(workdir: Path, *, samples: int = 3, **kwargs: Any) -> Iterator[PrometheusProcess]:

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.ports import free_port
+from tests.support.process import ManagedProcess
 from tests.support.prometheus import PROMETHEUS_BIN, prometheus_available
 
 
-class AlertingPrometheus:
+class AlertingPrometheus(ManagedProcess):
     def __init__(
         self,
         workdir: Path,
@@ -107,28 +108,3 @@ class AlertingPrometheus:
         if status != 200:
             raise RuntimeError(f"query {promql!r}: HTTP {status}")
         return list(json.loads(body)["data"]["result"])
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> AlertingPrometheus:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
