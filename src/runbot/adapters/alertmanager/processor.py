@@ -8,7 +8,6 @@ commit leaves the alerts pending, so the next start picks them up again; after t
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from runbot.runbooks.match import Matcher
 from runbot.store import tables
 from runbot.store.raw import Raw
 from runbot.store.types import utcnow
+from runbot.worker import WorkerThread
 
 if TYPE_CHECKING:
     from runbot.app import Runtime
@@ -54,15 +54,15 @@ class BatchReport:
     incidents_resolved: int = 0
 
 
-class IntakeProcessor:
+class IntakeProcessor(WorkerThread):
+    thread_name = "runbot-intake"
+
     def __init__(self, rt: Runtime, gate: WriteGate | None = None) -> None:
+        super().__init__()
         self.rt = rt
         self.gate = gate or WriteGate()
         self.settings = rt.settings
         self.limiter = RunRateLimiter(rt.settings)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.batches = 0
         # While the webhook is busy, matching takes at most ~1/(1+BACKOFF) of the time: acknowledgements first,
         # the backlog is durable and catches up when the burst is over.
@@ -71,26 +71,11 @@ class IntakeProcessor:
 
     # ---- the worker thread ---------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._wake.set()  # look for alerts left pending by a previous process at once
-        self._thread = threading.Thread(target=self._main, name="runbot-intake", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
     def notify(self) -> None:
         """Thread-safe: new alerts were committed."""
-        self._wake.set()
+        self.wake()
 
-    def _main(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(timeout=self.settings.poll_interval)
             self._wake.clear()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from runbot.adapters.slack.store import Ref, SlackStore
 from runbot.engine.state import ARTIFACTS, OUTBOX, RUNS
 from runbot.redaction import REGISTRY
 from runbot.store.types import utcnow
+from runbot.worker import WorkerThread
 
 if TYPE_CHECKING:
     from runbot.app import Runtime
@@ -63,40 +63,24 @@ class Row:
     attempts: int
 
 
-class Delivery:
+class Delivery(WorkerThread):
+    thread_name = "runbot-slack-outbox"
+
     def __init__(self, rt: Runtime, client: WebClient, directory: Directory, authorizer: Authorizer,
                  store: SlackStore) -> None:  # fmt: skip
+        super().__init__()
         self.rt = rt
         self.settings = rt.settings
         self.client = client
         self.directory = directory
         self.authorizer = authorizer
         self.store = store
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self.paused_until = 0.0  # monotonic; set by a 429 (Slack's limits are per workspace and method)
         self._last_prune = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="runbot-slack-outbox", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
             try:
