@@ -691,16 +691,21 @@ def _check(expect: Expect, result: InstantResult) -> tuple[bool, str]:
     return passed, _summarise(result)
 
 
-class PrometheusRange(_PrometheusStep):
-    type = "prometheus.range"
-    Params = RangeParams
-    default_timeout = 60.0
-    doc = "Range query over a window ending now or at the alert's start + margin; points per series, bounded."
+class _WindowStep(_PrometheusStep):
+    """Steps that query a time window (range and graph): same duration params, same window lint."""
+
     _durations = ("range", "step", "margin")
 
     def lint(self, raw_params: dict[str, Any]) -> list[tuple[str, str]]:
         problems = super().lint(raw_params)
         return problems + _lint_window(raw_params, problems)
+
+
+class PrometheusRange(_WindowStep):
+    type = "prometheus.range"
+    Params = RangeParams
+    default_timeout = 60.0
+    doc = "Range query over a window ending now or at the alert's start + margin; points per series, bounded."
 
     async def run(self, params: RangeParams, ctx: StepContext) -> StepResult:
         base: dict[str, Any] = {"query": params.query, "server": params.server}
@@ -766,16 +771,11 @@ async def _range_query(
     return window, parse_matrix(data), warnings
 
 
-class PrometheusGraph(_PrometheusStep):
+class PrometheusGraph(_WindowStep):
     type = "prometheus.graph"
     Params = GraphParams
     default_timeout = 60.0
     doc = "Range query rendered as a PNG line chart (alert start marked), attached to the run."
-    _durations = ("range", "step", "margin")
-
-    def lint(self, raw_params: dict[str, Any]) -> list[tuple[str, str]]:
-        problems = super().lint(raw_params)
-        return problems + _lint_window(raw_params, problems)
 
     async def run(self, params: GraphParams, ctx: StepContext) -> StepResult:
         base: dict[str, Any] = {"query": params.query, "server": params.server}
