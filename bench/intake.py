@@ -267,11 +267,12 @@ def wait_drained(db: Path, timeout: float = 300.0) -> tuple[int, float]:
 
 
 def stored_alerts(db: Path) -> tuple[int, int]:
-    """(alert rows, rows still pending matching) in runbot's SQLite database."""
+    """(alert rows, work still pending: deliveries not unpacked plus alerts not matched) in runbot's SQLite database."""
     con = sqlite3.connect(db)
     try:
         total = con.execute("SELECT count(*) FROM alerts").fetchone()[0]
         pending = con.execute("SELECT count(*) FROM alerts WHERE pending_since IS NOT NULL").fetchone()[0]
+        pending += con.execute("SELECT count(*) FROM webhook_deliveries WHERE processed_at IS NULL").fetchone()[0]
         return int(total), int(pending)
     finally:
         con.close()

@@ -279,9 +279,16 @@ class Settings(BaseSettings):
     )
     alertmanager_rejects_keep: int = Field(default=1000, ge=0, description="Rejected payloads kept; oldest pruned")
     alertmanager_process: bool = Field(
-        default=True, description="Match stored alerts in this process (false: accept and store only)"
+        default=True, description="Unpack and match accepted deliveries in this process (false: accept only)"
     )
-    alertmanager_batch_size: int = Field(default=100, ge=1, description="Alerts matched per transaction")
+    alertmanager_batch_size: int = Field(default=100, ge=1, description="Alerts unpacked and matched per transaction")
+    alertmanager_backlog_max_alerts: int = Field(
+        default=1_000_000, ge=1,
+        description="Accepted alerts not yet unpacked beyond which the webhook answers 503 (Alertmanager retries)",
+    )
+    alertmanager_deliveries_keep: int = Field(
+        default=10_000, ge=0, description="Processed webhook deliveries kept (their outcome); oldest pruned"
+    )
     alertmanager_flap_seconds: float = Field(
         default=900.0, ge=0, description="An alert firing again this soon after it resolved reopens its incident"
     )

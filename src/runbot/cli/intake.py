@@ -212,7 +212,31 @@ def fire(
              "in this shell too, or --token")  # fmt: skip
     if resp.status_code >= 300:
         fail(f"HTTP {resp.status_code} from {target}: {body}")
+    if url is None and isinstance(body, dict) and isinstance(body.get("delivery"), int):
+        outcome = _unpacked(body["delivery"])  # this config's own server: show what the dedupe made of it
+        if outcome is not None:
+            body |= {"new": outcome["new"], "duplicates": outcome["duplicates"]}
     typer.echo(f"sent {len(data['alerts'])} alert(s) to {target}: {json.dumps(body, sort_keys=True)}")
+
+
+def _unpacked(delivery_id: int, timeout: float = 10.0) -> dict[str, Any] | None:
+    """The delivery's outcome once the server's intake worker unpacked it; None if that takes too long."""
+    import time
+
+    from runbot.adapters.alertmanager.queries import delivery
+
+    deadline = time.monotonic() + timeout
+    try:
+        with _conn() as conn:
+            while time.monotonic() < deadline:
+                conn.rollback()  # a fresh snapshot each time
+                found = delivery(conn, delivery_id)
+                if found is not None and found["state"] != "pending":
+                    return found
+                time.sleep(0.05)
+    except Exception:  # noqa: S110 - the database is another machine's, or busy: the answer above is what counts
+        pass
+    return None
 
 
 def _payload(file: Path, read_alerts: Callable[[Path], list[dict[str, Any]]]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from runbot.store.types import UTCDateTime
@@ -271,6 +271,29 @@ class AlertThrottle(SQLModel, table=True):
     scope: str  # global | runbook
     incident_id: str | None = None
     at: datetime = _dt(nullable=False, index=True)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """An accepted webhook body, committed before the 2xx and unpacked into alerts by the intake worker.
+
+    The request path stores one row per notification (whatever its size) and answers; dedupe, incidents
+    and matching happen after. Processed rows keep their outcome (and body) for inspection until pruned.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_pending", "id", sqlite_where=text("processed_at IS NULL"),
+              postgresql_where=text("processed_at IS NULL")),
+    )  # fmt: skip
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = _dt(nullable=False)
+    receiver: str | None = None  # the payload's Alertmanager receiver
+    alerts: int
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    processed_at: datetime | None = _dt()
+    new: int | None = None  # alerts stored for the first time, or resolutions recorded
+    duplicates: int | None = None  # repeats of what was already stored
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # why it could not be unpacked
 
 
 class WebhookReject(SQLModel, table=True):

@@ -13,16 +13,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from runbot.adapters.alertmanager.processor import wait_idle
+from runbot.adapters.alertmanager.unpack import unpack
 from runbot.adapters.alertmanager.wiring import Intake
 from runbot.app import Runtime, build_runtime, create_app
 from runbot.engine.state import INCIDENTS, RUNS
 from runbot.settings import Settings
 from runbot.store import tables
+from runbot.store.types import utcnow
 from tests.conftest import write_runbook
 
 __all__ = ["API_AUTH", "AUTH", "HOOK_TOKEN", "Bot", "write_runbook"]
 
 ALERTS = tables.Alert.__table__
+DELIVERIES = tables.WebhookDelivery.__table__
 HOOK_TOKEN = "hook-token-for-tests"
 API_TOKEN = "api-token-for-tests"
 AUTH = {"Authorization": f"Bearer {HOOK_TOKEN}"}
@@ -46,6 +49,27 @@ class Bot:
 
     def post(self, body: Any, headers: dict[str, str] | None = None) -> Any:
         return self.client.post("/webhooks/alertmanager", json=body, headers=AUTH if headers is None else headers)
+
+    def delivered(self, response: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """The delivery an accepted webhook answer names, once unpacked into alerts (`new`, `duplicates`).
+        Without a running intake worker (`alertmanager_process=False`) it is unpacked here, as a replica would."""
+        assert response.status_code == 200, response.text
+        delivery_id = response.json()["delivery"]
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.rt.settings.alertmanager_process:
+                self.unpack()
+            [row] = self.rows(DELIVERIES, DELIVERIES.c.id == delivery_id)
+            if row["processed_at"] is not None:
+                return row
+            assert time.monotonic() < deadline, f"delivery {delivery_id} was not unpacked"
+            self.intake.processor.notify()
+            time.sleep(0.02)
+
+    def unpack(self) -> None:
+        """Unpack every accepted delivery into alert rows (no matching): what an intake worker does first."""
+        with self.rt.db.tx() as conn:
+            unpack(conn, utcnow(), 1_000_000)
 
     def settle(self, timeout: float = 10.0) -> None:
         """Until intake has matched everything and no run is still moving."""

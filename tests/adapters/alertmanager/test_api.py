@@ -10,7 +10,8 @@ from .samples import alert, approval_runbook, payload, resolved, runbook
 
 def test_the_api_needs_the_token(make_bot):
     bot = make_bot()
-    for path in ("/api/v1/incidents", "/api/v1/runs", "/api/v1/alerts", "/api/v1/incidents/x", "/api/v1/runs/x"):
+    for path in ("/api/v1/incidents", "/api/v1/runs", "/api/v1/alerts", "/api/v1/incidents/x", "/api/v1/runs/x",
+                 "/api/v1/deliveries/1"):
         assert bot.client.get(path).status_code == 401
         assert bot.client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert bot.client.get(path, headers=AUTH).status_code == 401  # the webhook token is not an API token
@@ -22,6 +23,21 @@ def test_without_an_api_token_the_api_is_closed(make_bot):
     bot = make_bot(api_token=None)
     r = bot.client.get("/api/v1/runs", headers={"Authorization": "Bearer "})
     assert r.status_code == 401 and "RUNBOT_API_TOKEN" in r.json()["detail"]
+
+
+def test_a_delivery_shows_what_intake_made_of_it(make_bot, runbooks_dir):
+    bot = make_bot()
+    p = payload(alert(instance="web-1"), alert(instance="web-2"))
+    first = bot.post(p).json()["delivery"]
+    again = bot.post(p).json()["delivery"]  # Alertmanager re-sending the group
+    bot.settle()
+    get = lambda path: bot.client.get(path, headers=API_AUTH)  # noqa: E731
+    d1, d2 = get(f"/api/v1/deliveries/{first}").json(), get(f"/api/v1/deliveries/{again}").json()
+    assert (d1["state"], d1["alerts"], d1["new"], d1["duplicates"]) == ("unpacked", 2, 2, 0)
+    assert (d2["state"], d2["new"], d2["duplicates"]) == ("unpacked", 0, 2)
+    assert d1["receiver"] == "runbot" and d1["processed_at"] >= d1["received_at"]
+    missing = get("/api/v1/deliveries/999")
+    assert missing.status_code == 404 and "RUNBOT_ALERTMANAGER_DELIVERIES_KEEP" in missing.json()["detail"]
 
 
 def test_incidents_and_runs_as_json(make_bot, runbooks_dir):

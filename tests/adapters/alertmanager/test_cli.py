@@ -92,7 +92,8 @@ def test_fire_the_examples_and_inspect_alerts_and_incidents(tmp_path):
         assert len(still) == 1  # the fresh occurrence: resolve it as Alertmanager would
         body = json.loads((EXAMPLES / "disk-usage-resolved.json").read_text())
         body["alerts"][0]["startsAt"] = still[0]["starts_at"]
-        assert srv.post(body).json()["new"] == 1
+        (tmp_path / "resolved.json").write_text(json.dumps(body))
+        assert '"new": 1' in ok(cli(srv, "fire", str(tmp_path / "resolved.json")))
         wait_settled(srv, alerts=4, runs=3)
         [inc] = json.loads(ok(cli(srv, "incidents", "list", "--json")))
         assert inc["status"] == "resolved"  # every alert resolved: the pending cleanups were cancelled

@@ -23,12 +23,12 @@ def test_intake_on_postgresql(make_bot, runbooks_dir, pg_url):
     # concurrent duplicate deliveries: one row per alert
     p = payload(*[alert(instance=f"web-{i}") for i in range(6)])
     with ThreadPoolExecutor(6) as pool:
-        answers = [r.json() for r in pool.map(lambda _: bot.post(p), range(12))]
+        answers = [bot.delivered(r) for r in pool.map(lambda _: bot.post(p), range(12))]
     assert sum(a["new"] for a in answers) == 6 and sum(a["duplicates"] for a in answers) == 66
     # out of order: resolved first, then the late firing, stays resolved and starts nothing
     late = alert("HighDiskUsage", instance="late")
-    assert bot.post(payload(resolved(late))).json()["new"] == 1
-    assert bot.post(payload(late)).json()["duplicates"] == 1
+    assert bot.delivered(bot.post(payload(resolved(late))))["new"] == 1
+    assert bot.delivered(bot.post(payload(late)))["duplicates"] == 1
     # a run waiting for approval is cancelled when its incident resolves
     load = alert("HighLoad", instance="db-1")
     bot.post(payload(load))

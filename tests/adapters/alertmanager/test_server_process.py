@@ -19,6 +19,7 @@ from .samples import alert, payload, runbook
 from .server import RunbotServer
 
 ALERTS = tables.Alert.__table__
+DELIVERIES = tables.WebhookDelivery.__table__
 NO_LIMITS = {"alertmanager_runs_burst": 100_000, "alertmanager_runbook_runs_burst": 100_000,
              "lease_seconds": 2}  # fmt: skip
 
@@ -35,13 +36,16 @@ def post_batches(srv: RunbotServer, prefix: str, batches: int, size: int) -> lis
 
 
 def counts(db_url: str) -> tuple[int, int, int]:
+    """(alerts accepted: unpacked rows plus those still in unpacked deliveries, alerts not matched yet, runs)"""
     db = Database(db_url)
     try:
         with db.read() as conn:
             alerts = conn.execute(select(func.count()).select_from(ALERTS)).scalar_one()
+            waiting = conn.execute(select(func.coalesce(func.sum(DELIVERIES.c.alerts), 0))
+                                   .where(DELIVERIES.c.processed_at.is_(None))).scalar_one()  # fmt: skip
             pending = conn.execute(select(func.count()).select_from(ALERTS).where(ALERTS.c.pending_since.is_not(None))).scalar_one()
             runs = conn.execute(select(func.count()).select_from(RUNS)).scalar_one()
-        return alerts, pending, runs
+        return alerts + waiting, pending + waiting, runs
     finally:
         db.dispose()
 

@@ -15,6 +15,7 @@ from .conftest import AUTH, HOOK_TOKEN, write_runbook
 from .samples import alert, payload, resolved, runbook
 
 REJECTS = tables.WebhookReject.__table__
+DELIVERIES = tables.WebhookDelivery.__table__
 
 
 def metric(bot, name: str, labels: str = "") -> float:
@@ -26,10 +27,16 @@ def metric(bot, name: str, labels: str = "") -> float:
 
 def test_an_accepted_payload_is_committed_before_the_answer(make_bot, runbooks_dir):
     write_runbook(runbooks_dir, "disk", runbook())
-    bot = make_bot(alertmanager_process=False)  # nothing matches: what the answer promises is in the table
+    bot = make_bot(alertmanager_process=False)  # an accept-only replica: what the answer promises is in the table
     r = bot.post(payload(alert(instance="a"), alert(instance="b")))
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "alerts": 2, "new": 2, "duplicates": 0}
+    assert r.json() == {"status": "ok", "alerts": 2, "delivery": 1}
+    [stored] = bot.rows(DELIVERIES)  # one row per notification, committed before the answer
+    assert stored["alerts"] == 2 and stored["processed_at"] is None and stored["receiver"] == "runbot"
+    assert json.loads(stored["body"])["alerts"][0]["labels"]["instance"] == "a"
+    assert bot.alerts() == []  # split into alerts after the answer
+    done = bot.delivered(r)
+    assert (done["new"], done["duplicates"], done["body"]) == (2, 0, b"")  # the alerts are the record now
     rows = bot.alerts()
     assert {a["labels"]["instance"] for a in rows} == {"a", "b"}
     assert all(a["pending_since"] is not None and a["matched"] is None for a in rows)
@@ -42,7 +49,7 @@ def test_repeated_deliveries_store_one_alert_and_start_one_run(make_bot, runbook
     write_runbook(runbooks_dir, "disk", runbook())
     bot = make_bot()
     p = payload(alert(instance="web-1"))
-    answers = [bot.post(p).json() for _ in range(4)]  # group_interval re-sends and retries
+    answers = [bot.delivered(bot.post(p)) for _ in range(4)]  # group_interval re-sends and retries
     assert [a["new"] for a in answers] == [1, 0, 0, 0]
     assert [a["duplicates"] for a in answers] == [0, 1, 1, 1]
     bot.settle()
@@ -59,8 +66,9 @@ def test_concurrent_duplicate_deliveries_still_store_one_alert(make_bot, runbook
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: bot.post(p), range(16)))
     assert all(a.status_code == 200 for a in answers)
-    assert sum(a.json()["new"] for a in answers) == 2
-    assert sum(a.json()["duplicates"] for a in answers) == 30
+    outcomes = [bot.delivered(a) for a in answers]
+    assert sum(a["new"] for a in outcomes) == 2
+    assert sum(a["duplicates"] for a in outcomes) == 30
     bot.settle()
     assert len(bot.alerts()) == 2
     assert sorted(r["alert"]["labels"]["instance"] for r in bot.runs()) == ["web-1", "web-2"]
@@ -71,9 +79,9 @@ def test_resolved_before_firing_is_kept_and_starts_nothing(make_bot, runbooks_di
     bot = make_bot()
     a = alert(instance="web-1")
     r1 = bot.post(payload(resolved(a)))  # out of order: the resolution arrives first
-    assert r1.json()["new"] == 1
+    assert bot.delivered(r1)["new"] == 1
     r2 = bot.post(payload(a))  # the late firing notification of the same alert
-    assert r2.status_code == 200 and r2.json()["duplicates"] == 1
+    assert bot.delivered(r2)["duplicates"] == 1
     bot.settle()
     [row] = bot.alerts()
     assert row["status"] == "resolved" and row["matched"] is False
@@ -86,8 +94,8 @@ def test_resolved_before_firing_is_kept_and_starts_nothing(make_bot, runbooks_di
 def test_a_resolution_updates_the_alert_once(make_bot, runbooks_dir):
     bot = make_bot(alertmanager_process=False)
     a = alert(instance="web-1")
-    bot.post(payload(a))
-    answers = [bot.post(payload(resolved(a))).json() for _ in range(3)]
+    bot.delivered(bot.post(payload(a)))
+    answers = [bot.delivered(bot.post(payload(resolved(a)))) for _ in range(3)]
     assert [x["new"] for x in answers] == [1, 0, 0]
     [row] = bot.alerts()
     assert row["status"] == "resolved"
@@ -201,13 +209,13 @@ def test_without_configured_credentials_the_webhook_says_how_to_configure_them(m
 def test_a_failed_commit_is_a_503_so_alertmanager_retries_and_nothing_is_lost(make_bot):
     bot = make_bot(alertmanager_process=False)
     with bot.rt.db.tx() as conn:
-        conn.execute(text("ALTER TABLE alerts RENAME TO alerts_away"))
+        conn.execute(text("ALTER TABLE webhook_deliveries RENAME TO deliveries_away"))
     p = payload(alert(instance="web-1"))
     r = bot.post(p)
     assert r.status_code == 503
     with bot.rt.db.tx() as conn:
-        conn.execute(text("ALTER TABLE alerts_away RENAME TO alerts"))
-    assert bot.post(p).json()["new"] == 1  # Alertmanager's retry
+        conn.execute(text("ALTER TABLE deliveries_away RENAME TO webhook_deliveries"))
+    assert bot.delivered(bot.post(p))["new"] == 1  # Alertmanager's retry
     assert len(bot.alerts()) == 1
 
 
@@ -222,5 +230,49 @@ def test_timestamps_keep_their_instant(make_bot):
     bot = make_bot(alertmanager_process=False)
     a = alert(instance="tz")
     a["startsAt"] = "2024-05-01T12:00:00.5+02:00"
-    bot.post(payload(a))
+    bot.delivered(bot.post(payload(a)))
     assert bot.alerts()[0]["starts_at"] == datetime(2024, 5, 1, 10, 0, 0, 500000, tzinfo=UTC)
+
+
+def test_a_full_backlog_is_a_503_with_retry_after_and_the_retry_gets_in_once_it_drains(make_bot):
+    bot = make_bot(alertmanager_process=False, alertmanager_backlog_max_alerts=3)  # accept-only: nothing drains here
+    first = bot.post(payload(alert(instance="a"), alert(instance="b")))
+    assert first.status_code == 200
+    p = payload(alert(instance="c"), alert(instance="d"))
+    r = bot.post(p)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "10"
+    assert "intake backlog full" in r.json()["error"] and "RUNBOT_ALERTMANAGER_BACKLOG_MAX_ALERTS" in r.json()["error"]
+    assert len(bot.rows(DELIVERIES)) == 1  # refused means not stored: Alertmanager keeps it and retries
+    assert metric(bot, "runbot_webhook_rejected_total", '{reason="backlog"}') == 1
+    bot.unpack()  # another replica works the backlog off; this one re-reads the real figure
+    bot.rt.settings.alertmanager_backlog_max_alerts = 3
+    bot.intake.writer.backlog.checked = 0.0
+    assert bot.delivered(bot.post(p))["new"] == 2
+    assert sorted(a["labels"]["instance"] for a in bot.alerts()) == ["a", "b", "c", "d"]
+
+
+def test_a_delivery_that_no_longer_reads_is_set_aside_and_the_rest_go_on(make_bot, runbooks_dir):
+    write_runbook(runbooks_dir, "disk", runbook())
+    bot = make_bot(alertmanager_process=False)
+    with bot.rt.db.tx() as conn:  # accepted by an older version whose checks were looser
+        conn.execute(DELIVERIES.insert().values(received_at=datetime.now(UTC), receiver="runbot", alerts=1,
+                                                body=b'{"version": "4", "alerts": "no"}'))  # fmt: skip
+    good = bot.post(payload(alert(instance="web-1")))
+    bot.unpack()
+    broken, ok = sorted(bot.rows(DELIVERIES), key=lambda d: d["id"])
+    assert broken["processed_at"] is not None and "alerts" in broken["error"]
+    assert broken["body"] == b'{"version": "4", "alerts": "no"}'  # kept for inspection
+    assert ok["id"] == good.json()["delivery"] and ok["new"] == 1 and ok["error"] is None
+    assert [a["labels"]["instance"] for a in bot.alerts()] == ["web-1"]
+
+
+def test_processed_deliveries_beyond_the_keep_limit_are_forgotten_but_their_alerts_stay(make_bot, runbooks_dir):
+    bot = make_bot(alertmanager_deliveries_keep=2)
+    for i in range(6):
+        assert bot.post(payload(alert(instance=f"web-{i}"))).status_code == 200
+        bot.settle()  # one batch each
+    bot.post(payload(alert(instance="last")))
+    bot.settle()
+    kept = [d["id"] for d in bot.rows(DELIVERIES)]
+    assert 2 <= len(kept) <= 3 and max(kept) == 7  # the newest outcomes stay inspectable
+    assert len(bot.alerts()) == 7

@@ -1,4 +1,4 @@
-"""Read API (/api/v1/incidents, /api/v1/runs, /api/v1/alerts) and POST /admin/reload, behind the API token."""
+"""Read API (/api/v1/incidents, runs, alerts, deliveries) and POST /admin/reload, behind the API token."""
 
 from __future__ import annotations
 
@@ -88,6 +88,14 @@ def api_router(rt: Runtime) -> APIRouter:
     @router.get("/api/v1/alerts/throttled")
     async def throttled() -> dict[str, Any]:
         return {"throttled": await run_in_threadpool(read, queries.throttle_summary)}
+
+    @router.get("/api/v1/deliveries/{delivery_id}")
+    async def delivery(delivery_id: int) -> dict[str, Any]:
+        found = await run_in_threadpool(read, queries.delivery, delivery_id)
+        if found is None:
+            raise HTTPException(404, f"no delivery {delivery_id} (processed ones are kept up to "
+                                     "RUNBOT_ALERTMANAGER_DELIVERIES_KEEP)")  # fmt: skip
+        return found
 
     @router.get("/api/v1/webhook/rejects")
     async def rejects(limit: int = 20) -> dict[str, Any]:

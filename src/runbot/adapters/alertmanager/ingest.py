@@ -1,23 +1,17 @@
-"""Storing webhook alerts durably before the 2xx: one writer thread group-commits concurrent requests.
+"""Storing accepted webhook bodies durably before the 2xx: one writer thread group-commits concurrent requests.
 
-Each request hands its rows to the writer and waits for the commit; requests that arrive while a commit
-is in progress share the next transaction, so SQLite's single writer is not one fsync per request.
-
-Dedupe happens here, in the database: an alert is its (fingerprint, startsAt). A firing alert already
-stored is a repeat (Alertmanager re-sends groups every group_interval/repeat_interval and retries). A
-resolved notification updates a stored firing alert once; a resolved alert never seen firing is stored
-as resolved, and a late firing for it is a repeat. Every new or changed row is marked pending for the
-intake worker, which does the matching off the request path.
+Each request hands its validated body to the writer and waits for the commit; requests that arrive while a
+commit is in progress share the next transaction, so SQLite's single writer is not one fsync per request.
+A notification is stored as one `webhook_deliveries` row whatever its size: splitting it into alerts,
+dedupe and matching happen in the intake worker after the answer (see unpack.py), so a 50-alert
+notification costs the request path one row, not 50 indexed ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,167 +21,74 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Connection, delete, func, insert, select
-from sqlalchemy.dialects import postgresql
 
-from runbot.adapters.alertmanager.payload import WebhookPayload
 from runbot.store import tables
 from runbot.store.db import Database
 from runbot.store.raw import Raw
 from runbot.store.types import utcnow
 
 log = structlog.get_logger("runbot.intake")
-ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
+DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
 REJECTS = tables.WebhookReject.__table__  # type: ignore[attr-defined]
-Key = tuple[str, str]  # (fingerprint, startsAt as stored)
-
-
-@dataclass
-class StoreResult:
-    new: int = 0  # alerts stored for the first time, or resolutions recorded
-    duplicates: int = 0  # repeats of what was already stored
+_SQLITE_CHUNK = 500  # rows per statement (4 variables each)
 
 
 @dataclass
 class _Job:
-    firing: list[dict[str, Any]]
-    resolved: list[dict[str, Any]]
+    receiver: str | None
+    alerts: int
+    body: bytes
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[StoreResult]
+    future: asyncio.Future[int]  # the delivery id
 
 
-# Alert ids only need to be unique (the primary key), not secret: 64 random bits from a generator seeded by the
-# OS, re-seeded in forked children, cost ~0.1 us where os.urandom per id costs tens of us on some hosts.
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
+def store_deliveries(conn: Connection | Raw, jobs: list[tuple[str | None, int, bytes]], now: datetime) -> list[int]:
+    """Insert one delivery row per (receiver, alerts, body) in the caller's transaction; their ids, in order."""
+    if isinstance(conn, Raw):  # SQLite's hot path, straight to the driver
+        at = now.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        ids: list[int] = []
+        for i in range(0, len(jobs), _SQLITE_CHUNK):
+            chunk = jobs[i:i + _SQLITE_CHUNK]
+            sql = ("INSERT INTO webhook_deliveries (received_at, receiver, alerts, body) VALUES "  # noqa: S608
+                   + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " RETURNING id")  # only placeholders in the text
+            cur = conn.cur.execute(sql, tuple(v for r, n, b in chunk for v in (at, r, n, b)))
+            # SQLite gives one statement's new rowids in ascending VALUES order; RETURNING's own order is unspecified
+            ids += sorted(row[0] for row in cur)
+        return ids
+    rows = [{"received_at": now, "receiver": r, "alerts": n, "body": b} for r, n, b in jobs]
+    res = conn.execute(insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True), rows)
+    return [row[0] for row in res]
 
 
-def alert_id() -> str:
-    return f"a{_ids.getrandbits(64):016x}"
+def pending_alerts(conn: Connection) -> int:
+    """Alerts accepted but not yet unpacked (the backlog)."""
+    d = DELIVERIES.c
+    return int(conn.execute(select(func.coalesce(func.sum(d.alerts), 0)).where(d.processed_at.is_(None))).scalar() or 0)
 
 
-def alert_rows(payload: WebhookPayload, now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows for the alerts table, split into firing and resolved."""
-    firing: list[dict[str, Any]] = []
-    resolved: list[dict[str, Any]] = []
-    group_labels = dict(payload.group_labels) or None
-    for a in payload.alerts:
-        row = {
-            "id": alert_id(), "fingerprint": a.fingerprint, "starts_at": a.starts_at, "ends_at": a.ends_at,
-            "status": a.status, "alertname": a.labels.get("alertname", ""), "labels": a.labels,
-            "annotations": a.annotations, "generator_url": a.generator_url or None, "incident_id": None,
-            "receiver": payload.receiver, "received_at": now, "updated_at": now, "matched": None,
-            "group_key": payload.group_key, "group_labels": group_labels, "pending_since": now, "note": None,
-        }  # fmt: skip
-        (firing if a.status == "firing" else resolved).append(row)
-    return firing, resolved
+class Backlog:
+    """This process's view of accepted-but-unpacked alerts: read on every request, so no query there.
 
-
-COLUMNS = ("id", "fingerprint", "starts_at", "ends_at", "status", "alertname", "labels", "annotations",
-           "generator_url", "incident_id", "receiver", "received_at", "updated_at", "matched", "group_key",
-           "group_labels", "pending_since", "note")  # fmt: skip
-_SQLITE_CHUNK = 500  # rows per statement: 18 columns x 500 stays far below SQLite's 32766 variables
-_ON_RESOLVED = ("DO UPDATE SET status = excluded.status, ends_at = excluded.ends_at, updated_at = excluded.updated_at, "
-                "pending_since = coalesce(alerts.pending_since, excluded.pending_since) WHERE alerts.status = 'firing'")  # fmt: skip
-
-
-def _sqlite_time(ts: datetime) -> str:
-    # exactly what UTCDateTime + SQLAlchemy's SQLite DATETIME store, so both paths meet in the unique index
-    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-class _Formatter:
-    """Times and JSON as SQLite stores them, memoized within a batch (rows share `now` and group labels)."""
+    Its own commits add and its own intake worker takes away; where another replica unpacks (or this one
+    does not), it only grows, so a request that finds it full re-reads the real figure (at most once a second).
+    """
 
     def __init__(self) -> None:
-        self.times: dict[datetime, str] = {}
-        self.docs: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self.alerts = 0
+        self.checked = 0.0  # monotonic time of the last re-read
 
-    def time(self, ts: datetime | None) -> str | None:
-        if ts is None:
-            return None
-        out = self.times.get(ts)
-        if out is None:
-            out = self.times[ts] = _sqlite_time(ts)
-        return out
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.alerts += n
 
-    def doc(self, d: dict[str, Any] | None) -> str | None:
-        if d is None:
-            return None
-        key = id(d)
-        out = self.docs.get(key)
-        if out is None:
-            out = self.docs[key] = json.dumps(d)
-        return out
+    def take(self, n: int) -> None:
+        with self._lock:
+            self.alerts = max(0, self.alerts - n)
 
-    def row(self, r: dict[str, Any]) -> tuple[Any, ...]:
-        t, j = self.time, self.doc
-        return (r["id"], r["fingerprint"], t(r["starts_at"]), t(r["ends_at"]), r["status"], r["alertname"],
-                j(r["labels"]), j(r["annotations"]), r["generator_url"], r["incident_id"], r["receiver"],
-                t(r["received_at"]), t(r["updated_at"]), r["matched"], r["group_key"], j(r["group_labels"]),
-                t(r["pending_since"]), r["note"])  # fmt: skip
-
-
-def _store_sqlite(conn: Connection | Raw, rows: list[dict[str, Any]], resolved: bool, fmt: _Formatter) -> set[Key]:
-    """Multi-row INSERT ... ON CONFLICT ... RETURNING straight to the driver: SQLAlchemy's per-value
-    bind processing costs more than the database work here, and this is the webhook's hot path."""
-    changed: set[Key] = set()
-    cols = ", ".join(COLUMNS)
-    one = "(" + ", ".join("?" * len(COLUMNS)) + ")"
-    action = _ON_RESOLVED if resolved else "DO NOTHING"
-    for i in range(0, len(rows), _SQLITE_CHUNK):
-        chunk = rows[i:i + _SQLITE_CHUNK]
-        values = ", ".join([one] * len(chunk))  # only constants and placeholders go into the text
-        sql = f"INSERT INTO alerts ({cols}) VALUES {values} ON CONFLICT (fingerprint, starts_at) {action} RETURNING fingerprint, starts_at"  # noqa: S608
-        params = tuple(v for r in chunk for v in fmt.row(r))
-        cur = conn.cur.execute(sql, params) if isinstance(conn, Raw) else conn.exec_driver_sql(sql, params)
-        changed.update((fp, st) for fp, st in cur)
-    return changed
-
-
-def _store_generic(conn: Connection | Raw, rows: list[dict[str, Any]], resolved: bool, fmt: _Formatter) -> set[Key]:
-    if isinstance(conn, Raw) or conn.dialect.name != "postgresql":
-        raise RuntimeError("the generic alert store needs a SQLAlchemy connection to PostgreSQL")
-    ins = postgresql.insert(ALERTS)
-    key_cols = [ALERTS.c.fingerprint, ALERTS.c.starts_at]
-    if not resolved:
-        stmt = ins.on_conflict_do_nothing(index_elements=key_cols)
-    else:
-        stmt = ins.on_conflict_do_update(
-            index_elements=key_cols,
-            set_={"status": ins.excluded.status, "ends_at": ins.excluded.ends_at, "updated_at": ins.excluded.updated_at,
-                  "pending_since": func.coalesce(ALERTS.c.pending_since, ins.excluded.pending_since)},
-            where=ALERTS.c.status == "firing",
-        )  # fmt: skip
-    returned = conn.execute(stmt.returning(ALERTS.c.fingerprint, ALERTS.c.starts_at), rows)
-    return {(fp, fmt.time(st) or "") for fp, st in returned}
-
-
-def store(conn: Connection | Raw, jobs: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> list[StoreResult]:
-    """Insert or update the alerts of several webhook requests in the caller's transaction."""
-    firing: dict[Key, tuple[dict[str, Any], int]] = {}
-    resolved: dict[Key, tuple[dict[str, Any], int]] = {}
-    results = [StoreResult() for _ in jobs]
-    fmt = _Formatter()
-    for i, (f_rows, r_rows) in enumerate(jobs):
-        for target, rows in ((firing, f_rows), (resolved, r_rows)):
-            for r in rows:
-                k = (r["fingerprint"], fmt.time(r["starts_at"]) or "")
-                if k in target:
-                    results[i].duplicates += 1
-                else:
-                    target[k] = (r, i)
-    sqlite = conn.sqlite if isinstance(conn, Raw) else conn.dialect.name == "sqlite"
-    write = _store_sqlite if sqlite else _store_generic
-    for target in (firing, resolved):  # firing first: a resolution in the same batch then finds its row
-        if not target:
-            continue
-        changed = write(conn, [r for r, _ in target.values()], target is resolved, fmt)
-        for k, (_, i) in target.items():
-            if k in changed:
-                results[i].new += 1
-            else:
-                results[i].duplicates += 1
-    return results
+    def reset(self, n: int) -> None:
+        with self._lock:
+            self.alerts = n
 
 
 class WriteGate:
@@ -237,16 +138,17 @@ class WriteGate:
                 self._cond.notify_all()
 
 
-class AlertWriter:
+class DeliveryWriter:
     """The single writer thread behind the webhook (group commit)."""
 
-    def __init__(self, db: Database, *, on_commit: Callable[[], None] | None = None, max_rows: int = 5000,
-                 gate: WriteGate | None = None) -> None:  # fmt: skip
+    def __init__(self, db: Database, *, on_commit: Callable[[], None] | None = None, max_jobs: int = 1000,
+                 max_bytes: int = 32 << 20, gate: WriteGate | None = None) -> None:  # fmt: skip
         self.db = db
         self.gate = gate or WriteGate()
+        self.backlog = Backlog()
         self.last_commit = 0.0  # monotonic time of the last webhook commit (the worker backs off while recent)
         self.on_commit = on_commit
-        self.max_rows = max_rows
+        self.max_jobs, self.max_bytes = max_jobs, max_bytes
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -255,8 +157,20 @@ class AlertWriter:
     def start(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
+                # a database that is down now is reported by the first write
+                with contextlib.suppress(Exception), self.db.read() as conn:
+                    self.backlog.reset(pending_alerts(conn))
                 self._thread = threading.Thread(target=self._main, name="runbot-intake-writer", daemon=True)
                 self._thread.start()
+
+    def recount(self, every: float = 1.0) -> int:
+        """The backlog as the database has it (blocking: call off the event loop); cached for `every` seconds."""
+        now = time.monotonic()
+        if now - self.backlog.checked >= every:
+            self.backlog.checked = now
+            with self.db.read() as conn:
+                self.backlog.reset(pending_alerts(conn))
+        return self.backlog.alerts
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
@@ -265,12 +179,12 @@ class AlertWriter:
             self._q.put(None)
             thread.join(timeout)
 
-    async def submit(self, firing: list[dict[str, Any]], resolved: list[dict[str, Any]]) -> StoreResult:
-        """Wait until these rows are committed (raises if the transaction failed)."""
+    async def submit(self, receiver: str | None, alerts: int, body: bytes) -> int:
+        """Wait until this body is committed; its delivery id (raises if the transaction failed)."""
         if self._thread is None:
             self.start()
         loop = asyncio.get_running_loop()
-        job = _Job(firing, resolved, loop, loop.create_future())
+        job = _Job(receiver, alerts, body, loop, loop.create_future())
         self._q.put(job)
         return await job.future
 
@@ -279,8 +193,8 @@ class AlertWriter:
             job = self._q.get()
             if job is None:
                 return
-            jobs, rows, stop = [job], len(job.firing) + len(job.resolved), False
-            while rows < self.max_rows:
+            jobs, size, stop = [job], len(job.body), False
+            while len(jobs) < self.max_jobs and size < self.max_bytes:
                 try:
                     nxt = self._q.get_nowait()
                 except queue.Empty:
@@ -289,36 +203,39 @@ class AlertWriter:
                     stop = True
                     break
                 jobs.append(nxt)
-                rows += len(nxt.firing) + len(nxt.resolved)
+                size += len(nxt.body)
             self._write(jobs)
             if stop:
                 return
 
     def _transaction(self) -> contextlib.AbstractContextManager[Connection | Raw]:
-        # SQLite: this thread's own DBAPI connection, no pool or SQLAlchemy transaction per commit
+        # SQLite: this thread's own DBAPI connection, no pool or SQLAlchemy transaction per commit. PostgreSQL:
+        # a pooled connection, committing synchronously (raw_tx's connection commits asynchronously there).
         return self.db.raw_tx() if self.db.is_sqlite else self.db.tx()
 
     def _write(self, jobs: list[_Job]) -> None:
         try:
             with self.gate.urgent(), self._transaction() as conn:
-                results: list[StoreResult | BaseException] = list(store(conn, [(j.firing, j.resolved) for j in jobs]))
+                results: list[int | BaseException] = list(
+                    store_deliveries(conn, [(j.receiver, j.alerts, j.body) for j in jobs], utcnow()))
         except Exception as exc:
-            log.error("could not store webhook alerts; the sender gets 503 and retries", error=repr(exc))
+            log.error("could not store webhook deliveries; the sender gets 503 and retries", error=repr(exc))
             results = [exc] * len(jobs)
         else:
             self.commits += 1
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StoreResult], Any]]] = {}
+            self.backlog.add(sum(j.alerts for j in jobs))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], Any]]] = {}
         for j, r in zip(jobs, results, strict=True):
             by_loop.setdefault(j.loop, []).append((j.future, r))
         for loop, outcomes in by_loop.items():  # one wake-up per loop, not one per request
             with contextlib.suppress(RuntimeError):  # that loop is gone (shutdown): nobody waits any more
                 loop.call_soon_threadsafe(_resolve, outcomes)
         self.last_commit = time.monotonic()
-        if self.on_commit is not None and any(isinstance(r, StoreResult) and r.new for r in results):
+        if self.on_commit is not None and not isinstance(results[0], BaseException):
             self.on_commit()
 
 
-def _resolve(outcomes: list[tuple[asyncio.Future[StoreResult], Any]]) -> None:
+def _resolve(outcomes: list[tuple[asyncio.Future[int], Any]]) -> None:
     for fut, r in outcomes:
         if fut.done():  # the request went away meanwhile
             continue

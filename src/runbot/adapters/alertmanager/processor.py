@@ -1,8 +1,9 @@
-"""The intake worker: turns stored (pending) alerts into incidents and runs, exactly once, off the request path.
+"""The intake worker: turns accepted deliveries into alerts, incidents and runs, exactly once, off the request path.
 
-One transaction per batch reads pending alerts, assigns incidents, matches runbooks, creates runs (subject
-to the storm rate limits), records throttles, and clears the pending marker. A crash anywhere before the
-commit leaves the alerts pending, so the next start picks them up again; after the commit they are done.
+One transaction per batch unpacks pending deliveries into alert rows (dedupe), reads pending alerts,
+assigns incidents, matches runbooks, creates runs (subject to the storm rate limits), records throttles,
+and clears the pending markers. A crash anywhere before the commit leaves deliveries and alerts pending,
+so the next start picks them up again; after the commit they are done.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import structlog
 from sqlalchemy import Connection, select, text
 
 from runbot.adapters.alertmanager import incidents
-from runbot.adapters.alertmanager.ingest import WriteGate
+from runbot.adapters.alertmanager.ingest import DELIVERIES, Backlog, WriteGate
 from runbot.adapters.alertmanager.payload import template_alert
 from runbot.adapters.alertmanager.ratelimit import RunRateLimiter
+from runbot.adapters.alertmanager.unpack import Unpacked, prune_deliveries, unpack
 from runbot.audit.log import Event, append
 from runbot.engine.control import CommandError
 from runbot.runbooks.loader import LoadedRunbook
@@ -46,6 +48,7 @@ BACKOFF, MAX_BACKOFF = 2.0, 0.05
 
 @dataclass
 class BatchReport:
+    unpacked: Unpacked = field(default_factory=Unpacked)
     alerts: int = 0
     runs: list[tuple[str, str]] = field(default_factory=list)  # (runbook, run id)
     unhandled: int = 0
@@ -57,10 +60,12 @@ class BatchReport:
 class IntakeProcessor(WorkerThread):
     thread_name = "runbot-intake"
 
-    def __init__(self, rt: Runtime, gate: WriteGate | None = None) -> None:
+    def __init__(self, rt: Runtime, gate: WriteGate | None = None, backlog: Backlog | None = None) -> None:
         super().__init__()
         self.rt = rt
         self.gate = gate or WriteGate()
+        self.backlog = backlog or Backlog()
+        self._pruned_to = 0  # processed deliveries up to this id are forgotten
         self.settings = rt.settings
         self.limiter = RunRateLimiter(rt.settings)
         self.batches = 0
@@ -92,7 +97,7 @@ class IntakeProcessor(WorkerThread):
         while not self._stop.is_set():
             started = time.monotonic()
             report = self.process_batch()
-            if report.alerts == 0:
+            if report.alerts == 0 and report.unpacked.deliveries == 0:
                 break
             total += report.alerts
             if self.webhook_busy():
@@ -104,44 +109,18 @@ class IntakeProcessor(WorkerThread):
     def process_batch(self) -> BatchReport:
         report = BatchReport()
         now = utcnow()
-        db, engine = self.rt.db, self.rt.engine
-        with self.gate.background(), db.tx() as conn:
+        with self.gate.background(), self.rt.db.tx() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_INTAKE_LOCK})
+            report.unpacked = unpack(conn, now, self.settings.alertmanager_batch_size)
+            self._prune(conn, report.unpacked)
             q = (select(*[ALERTS.c[c] for c in WORK_COLUMNS]).where(ALERTS.c.pending_since.is_not(None))
                  .order_by(ALERTS.c.pending_since, ALERTS.c.received_at).limit(self.settings.alertmanager_batch_size))  # fmt: skip
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update()
             rows = [dict(r) for r in conn.execute(q).mappings()]
-            if not rows:
-                return report
-            touched = incidents.Touched()
-            buckets = self.limiter.load(conn)
-            throttle_rows: list[dict[str, Any]] = []
-            updates = []
-            for n, row in enumerate(rows):
-                if n >= MIN_BATCH and self.gate.urgent_waiting():
-                    break  # a webhook commit waits: finish with what is done, the rest stays pending
-                if row["status"] == "firing":
-                    self._firing(conn, row, now, touched, buckets, throttle_rows, report)
-                else:
-                    self._resolved(conn, row, now, touched)
-                updates.append({"id": row["id"], "inc": row["incident_id"], "matched": row["matched"],
-                                "note": row["note"]})  # fmt: skip
-            report.alerts = len(updates)
-            raw = Raw(conn)  # the same transaction, without SQLAlchemy's per-row parameter building
-            raw.executemany("UPDATE alerts SET incident_id = :inc, matched = :matched, note = :note, "
-                            "pending_since = NULL WHERE id = :id", updates)  # fmt: skip
-            for inc_id in sorted(touched.to_check):
-                if incidents.resolve_if_done(conn, engine, inc_id, now, touched):
-                    report.incidents_resolved += 1
-            if throttle_rows:
-                raw.insert_many("alert_throttles", throttle_rows)
-            self.limiter.save(conn, buckets, now)
-            report.incidents_opened = sum(1 for e in touched.events if e.action == "incident.opened")
-            events = touched.events + self._throttle_events(throttle_rows, now)
-            if events:
-                append(conn, events)
+            if rows:
+                self._match(conn, rows, now, report)
         self.batches += 1
         try:
             self._after_commit(report)
@@ -149,6 +128,44 @@ class IntakeProcessor(WorkerThread):
             with contextlib.suppress(Exception):
                 log.warning("intake bookkeeping failed after commit", error=repr(exc))
         return report
+
+    def _match(self, conn: Connection, rows: list[dict[str, Any]], now: datetime, report: BatchReport) -> None:
+        engine = self.rt.engine
+        touched = incidents.Touched()
+        buckets = self.limiter.load(conn)
+        throttle_rows: list[dict[str, Any]] = []
+        updates = []
+        for n, row in enumerate(rows):
+            if n >= MIN_BATCH and self.gate.urgent_waiting():
+                break  # a webhook commit waits: finish with what is done, the rest stays pending
+            if row["status"] == "firing":
+                self._firing(conn, row, now, touched, buckets, throttle_rows, report)
+            else:
+                self._resolved(conn, row, now, touched)
+            updates.append({"id": row["id"], "inc": row["incident_id"], "matched": row["matched"],
+                            "note": row["note"]})  # fmt: skip
+        report.alerts = len(updates)
+        raw = Raw(conn)  # the same transaction, without SQLAlchemy's per-row parameter building
+        raw.executemany("UPDATE alerts SET incident_id = :inc, matched = :matched, note = :note, "
+                        "pending_since = NULL WHERE id = :id", updates)  # fmt: skip
+        for inc_id in sorted(touched.to_check):
+            if incidents.resolve_if_done(conn, engine, inc_id, now, touched):
+                report.incidents_resolved += 1
+        if throttle_rows:
+            raw.insert_many("alert_throttles", throttle_rows)
+        self.limiter.save(conn, buckets, now)
+        report.incidents_opened = sum(1 for e in touched.events if e.action == "incident.opened")
+        events = touched.events + self._throttle_events(throttle_rows, now)
+        if events:
+            append(conn, events)
+
+    def _prune(self, conn: Connection, unpacked: Unpacked) -> None:
+        """Now and then (every ~1000 deliveries), forget processed ones beyond the newest `alertmanager_deliveries_keep`."""
+        keep = self.settings.alertmanager_deliveries_keep
+        cut = unpacked.last_id - keep
+        if cut - self._pruned_to >= max(1, min(1000, keep)):
+            prune_deliveries(conn, cut)
+            self._pruned_to = cut
 
     def _firing(self, conn: Connection, row: dict[str, Any], now: datetime, touched: incidents.Touched,
                 buckets: dict[str, Any], throttle_rows: list[dict[str, Any]], report: BatchReport) -> None:  # fmt: skip
@@ -216,6 +233,10 @@ class IntakeProcessor(WorkerThread):
         if report.runs:
             self.rt.engine.wake()
         m = self.rt.metrics
+        if report.unpacked.deliveries:
+            self.backlog.take(report.unpacked.alerts)
+            if report.unpacked.duplicates:
+                m.alerts_deduplicated.inc(report.unpacked.duplicates)
         if report.unhandled:
             m.alerts_unhandled.inc(report.unhandled)
         for book, _ in report.runs:
@@ -226,12 +247,19 @@ class IntakeProcessor(WorkerThread):
 
 
 def wait_idle(processor: IntakeProcessor, db: Any, timeout: float = 10.0) -> bool:
-    """Until no alert is pending (tests and the CLI use it)."""
+    """Until no delivery or alert is pending (tests and the CLI use it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with db.read() as conn:
-            if conn.execute(select(ALERTS.c.id).where(ALERTS.c.pending_since.is_not(None)).limit(1)).first() is None:
-                return True
+        if not busy(db):
+            return True
         processor.notify()
         time.sleep(0.02)
     return False
+
+
+def busy(db: Any) -> bool:
+    """Some accepted delivery is not unpacked yet, or some alert is not matched yet."""
+    with db.read() as conn:
+        if conn.execute(select(DELIVERIES.c.id).where(DELIVERIES.c.processed_at.is_(None)).limit(1)).first():
+            return True
+        return conn.execute(select(ALERTS.c.id).where(ALERTS.c.pending_since.is_not(None)).limit(1)).first() is not None

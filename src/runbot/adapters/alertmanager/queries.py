@@ -13,6 +13,8 @@ from runbot.store import tables
 ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
 THROTTLES = tables.AlertThrottle.__table__  # type: ignore[attr-defined]
 REJECTS = tables.WebhookReject.__table__  # type: ignore[attr-defined]
+DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
+DELIVERY_FIELDS = ("id", "received_at", "receiver", "alerts", "processed_at", "new", "duplicates", "error")
 MAX_LIMIT = 1000
 
 ALERT_FIELDS = ("id", "alertname", "status", "fingerprint", "starts_at", "ends_at", "labels", "annotations",
@@ -146,3 +148,14 @@ def list_rejects(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
     rows = conn.execute(select(REJECTS).order_by(REJECTS.c.id.desc()).limit(_limit(limit))).mappings()
     return [{**jsonable(r, ("id", "received_at", "receiver", "status_code", "error", "body_size", "truncated")),
              "body": bytes(r["body"]).decode("utf-8", "replace")} for r in rows]  # fmt: skip
+
+
+def delivery(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
+    """An accepted webhook notification: when it was unpacked, how many alerts were new and how many repeats."""
+    cols = [DELIVERIES.c[f] for f in DELIVERY_FIELDS]
+    row = conn.execute(select(*cols).where(DELIVERIES.c.id == delivery_id)).mappings().first()
+    if row is None:
+        return None
+    out = jsonable(row)
+    out["state"] = "pending" if row["processed_at"] is None else ("failed" if row["error"] else "unpacked")
+    return out

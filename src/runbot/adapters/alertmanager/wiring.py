@@ -15,7 +15,7 @@ import structlog
 from fastapi import FastAPI
 
 from runbot.adapters.alertmanager.api import api_router, reload_runbooks
-from runbot.adapters.alertmanager.ingest import AlertWriter, WriteGate
+from runbot.adapters.alertmanager.ingest import DeliveryWriter, WriteGate
 from runbot.adapters.alertmanager.processor import IntakeProcessor
 from runbot.adapters.alertmanager.silences import SilenceCheck
 from runbot.adapters.alertmanager.webhook import PATH, webhook_endpoint
@@ -30,14 +30,15 @@ log = structlog.get_logger("runbot.intake")
 class Intake:
     """Handles kept on app.state.intake (tests and the bench look at them)."""
 
-    writer: AlertWriter
+    writer: DeliveryWriter
     processor: IntakeProcessor
 
 
 def install(rt: Runtime, app: FastAPI) -> None:
     gate = WriteGate()
-    processor = IntakeProcessor(rt, gate)
-    writer = AlertWriter(rt.db, on_commit=processor.notify, gate=gate)
+    writer = DeliveryWriter(rt.db, gate=gate)
+    processor = IntakeProcessor(rt, gate, writer.backlog)
+    writer.on_commit = processor.notify
     processor.webhook_busy = lambda: time.monotonic() - writer.last_commit < 0.05
     app.add_route(PATH, webhook_endpoint(rt, writer), methods=["POST"], include_in_schema=False)
     app.include_router(api_router(rt))
