@@ -67,18 +67,8 @@ def lock_clause(raw: Raw) -> str:
 HEAD_SQL = "SELECT seq, hash FROM audit_head WHERE id = 1"
 
 
-def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, Any]]:
-    """Append events in order inside the caller's transaction and move the head (locked while we hold it)."""
-    events = list(events)
-    if not events:
-        return []
-    raw = Raw(conn)
-    head = raw.audit_head or raw.execute(HEAD_SQL + lock_clause(raw), {}).fetchone()
-    if head is None:
-        raw.insert("audit_head", {"id": 1, "seq": 0, "hash": GENESIS})
-        seq, prev = 0, GENESIS
-    else:
-        seq, prev = int(head[0]), str(head[1])
+def chain_rows(events: list[Event], seq: int, prev: str) -> list[dict[str, Any]]:
+    """The events as audit rows chained onto the head (seq, hash)."""
     rows = []
     now = utcnow()
     for ev in events:
@@ -99,6 +89,23 @@ def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, An
         }
         row["hash"] = prev = event_hash(row)
         rows.append(row)
+    return rows
+
+
+def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, Any]]:
+    """Append events in order inside the caller's transaction and move the head (locked while we hold it)."""
+    events = list(events)
+    if not events:
+        return []
+    raw = Raw(conn)
+    head = raw.audit_head or raw.execute(HEAD_SQL + lock_clause(raw), {}).fetchone()
+    if head is None:
+        raw.insert("audit_head", {"id": 1, "seq": 0, "hash": GENESIS})
+        seq, prev = 0, GENESIS
+    else:
+        seq, prev = int(head[0]), str(head[1])
+    rows = chain_rows(events, seq, prev)
+    seq, prev = rows[-1]["seq"], rows[-1]["hash"]
     if raw.sqlite:
         raw.insert_many("audit_events", rows)
         raw.update("audit_head", {"seq": seq, "hash": prev}, "id = 1", {})

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
 
 from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
+from runbot.engine import pgcommit
 from runbot.engine.control import ControlMixin
 from runbot.engine.guards import Hold, remediation_hold
 from runbot.engine.ports import SecretError, SecretProvider
@@ -733,16 +734,63 @@ class Engine(ControlMixin):
             if extra is not None:
                 extra(conn)
             if events:
-                audit.append(raw, events)
+                raw.audit_rows = audit.append(raw, events)
 
-        if extra is None:  # the hot path: this thread's own DBAPI connection, no pool round trip
-            with self.db.raw_tx() as raw:
-                write(raw, None)
-        else:
-            with self.db.tx() as conn:
-                write(Raw(conn), conn)
+        if not (extra is None and not self.db.is_sqlite and self._commit_one_trip(
+                R, values, step_insert=step_insert, step_update=step_update, events=events or [],
+                artifacts=artifacts or [], timers=timers or [], outbox=outbox or [], relaxed=relaxed, now=now)):  # fmt: skip
+            if extra is None:  # the hot path: this thread's own DBAPI connection, no pool round trip
+                with self.db.raw_tx() as raw:
+                    write(raw, None)
+            else:
+                with self.db.tx() as conn:
+                    raw = Raw(conn)
+                    write(raw, conn)
+            if raw.audit_rows:
+                self.db.audit_cache.advance(raw.audit_rows[-1]["seq"], raw.audit_rows[-1]["hash"])
         for _, _, at in timers or []:
             self._schedule_wake(at)
+
+    def _commit_one_trip(self, R: RunState, values: dict[str, Any], *, step_insert: dict[str, Any] | None,
+                         step_update: tuple[str, int, dict[str, Any]] | None, events: list[audit.Event],
+                         artifacts: list[tuple[str, str, str, bytes]],
+                         timers: Sequence[tuple[str | None, str, datetime]], outbox: list[tuple[str, dict[str, Any]]],
+                         relaxed: bool, now: datetime) -> bool:  # fmt: skip
+        """PostgreSQL: the whole commit as one statement (see pgcommit). False: the cached audit head was stale
+        (or unknown) and nothing was written; the caller takes the general path."""
+        cache = self.db.audit_cache
+        with cache.lock if events else contextlib.nullcontext():
+            head = cache.head
+            if events and head is None:
+                return False
+            rows = audit.chain_rows(events, *head) if events and head else []
+            inserts: list[tuple[str, list[dict[str, Any]]]] = []
+            if artifacts:
+                inserts.append(("artifacts", [{"run_id": R.id, "step_id": sid, "name": n, "content_type": ct,
+                                               "data": d, "created_at": now} for sid, n, ct, d in artifacts]))  # fmt: skip
+            if timers:
+                inserts.append(("timers", [{"run_id": R.id, "step_id": sid, "purpose": p, "fire_at": at}
+                                           for sid, p, at in timers]))  # fmt: skip
+            if outbox and self.outbox_enabled:
+                inserts.append(("outbox", [{"topic": t, "run_id": R.id, "payload": p, "created_at": now,
+                                            "next_attempt_at": now, "attempts": 0} for t, p in outbox]))  # fmt: skip
+            sql, params = pgcommit.step_commit(run_id=R.id, fence=R.fence, owner=self.owner, run_values=values,
+                                               head=head, audit_rows=rows, step_insert=step_insert,
+                                               step_update=step_update, inserts=inserts)  # fmt: skip
+            with self.db.raw_tx() as raw:
+                if not relaxed and self.db.relaxed_commits:
+                    raw.send("SET LOCAL synchronous_commit = on", {})  # durable, as in the general path
+                cur = raw.send(sql, params)
+            fenced, cancel, head_ok = cur.fetchone()  # read after the commit: one round trip for everything
+            if not head_ok:
+                cache.head = None
+                return False
+            if not fenced:
+                raise LeaseLost(R.id)
+            if rows:
+                cache.head = (rows[-1]["seq"], rows[-1]["hash"])
+        R.cancel_requested = bool(cancel)
+        return True
 
     def _release(self, run_id: str, fence: int, wake_in: float | None = None) -> None:
         with self.db.tx() as conn:

@@ -21,6 +21,20 @@ from runbot.store.raw import Raw
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class HeadCache:
+    """This process's last known audit head; `lock` is held across a commit that relies on it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.head: tuple[int, str] | None = None
+
+    def advance(self, seq: int, hash_: str) -> None:
+        """Record a head some commit wrote (a later one may already have been recorded)."""
+        with self.lock:
+            if self.head is None or seq > self.head[0]:
+                self.head = (seq, hash_)
+
+
 class Database:
     """SQLite: WAL, one writer at a time via BEGIN IMMEDIATE. PostgreSQL: row locks, several processes."""
 
@@ -31,6 +45,7 @@ class Database:
         self.relaxed_commits = False  # PostgreSQL: see Settings.pg_async_commit_idempotent
         self._raw_lock = threading.Lock()
         self._raw_conns: list[Any] = []
+        self.audit_cache = HeadCache()  # PostgreSQL: the audit head as this process last wrote it
         if self.is_sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -54,30 +69,38 @@ class Database:
         """A write transaction on this thread's own long-lived DBAPI connection (the engine's hot path)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self.engine.raw_connection()
-            if not self.is_sqlite and self.relaxed_commits:
-                # the engine's own connection: commits default to asynchronous; any transaction that must be
-                # durable says `SET LOCAL synchronous_commit = on` (see Engine._commit)
-                cur = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
-                cur.execute("SET synchronous_commit = off")
-                conn.commit()
+            conn = self.engine.raw_connection()
+            if not self.is_sqlite:
+                dbapi: Any = conn.dbapi_connection
+                if self.relaxed_commits:
+                    # the engine's own connection: commits default to asynchronous; any transaction that must be
+                    # durable says `SET LOCAL synchronous_commit = on` (see Engine._commit)
+                    dbapi.cursor().execute("SET synchronous_commit = off")
+                    dbapi.commit()
+                # Pipeline mode for the connection's whole life: statements go out without waiting and results
+                # are read when needed (a commit is the one round trip). Leaving pipeline mode after every
+                # transaction would cost a round trip of its own.
+                pipeline = dbapi.pipeline()
+                pipeline.__enter__()
+                conn.info["runbot_pipeline"] = pipeline  # left before the connection closes (see _close_raw)
+            self._local.conn = conn
             with self._raw_lock:
                 self._raw_conns.append(conn)
         raw = Raw(dbapi=conn.dbapi_connection, sqlite=self.is_sqlite)
         try:
             if self.is_sqlite:
                 raw.cur.execute("BEGIN IMMEDIATE")
-                yield raw
-                conn.commit()
-            else:
-                with conn.dbapi_connection.pipeline():  # type: ignore[union-attr]  # results sync only when read
-                    yield raw
-                    conn.commit()
+            yield raw
+            conn.commit()
         except BaseException:
             try:
                 conn.rollback()
             except Exception:  # the connection itself is broken: drop it, the next call opens a new one
                 self._local.conn = None
+                with self._raw_lock:
+                    if conn in self._raw_conns:
+                        self._raw_conns.remove(conn)
+                _close_raw(conn, invalidate=True)
             raise
 
     @contextmanager
@@ -126,9 +149,17 @@ class Database:
         with self._raw_lock:
             conns, self._raw_conns = self._raw_conns, []
         for c in conns:
-            with contextlib.suppress(Exception):  # already closed by its thread
-                c.close()
+            _close_raw(c)
         self.engine.dispose()
+
+
+def _close_raw(conn: Any, invalidate: bool = False) -> None:
+    pipeline = conn.info.pop("runbot_pipeline", None)
+    if pipeline is not None:
+        with contextlib.suppress(Exception):  # a broken connection cannot leave pipeline mode cleanly
+            pipeline.__exit__(None, None, None)
+    with contextlib.suppress(Exception):  # already closed by its thread
+        conn.invalidate() if invalidate else conn.close()
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -33,6 +33,7 @@ class Raw:
         self.dbapi: Any
         # (seq, hash) of the audit head, when the caller already read (and locked) it in this transaction
         self.audit_head: tuple[int, str] | None = None
+        self.audit_rows: list[dict[str, Any]] = []  # what this transaction appended to the audit chain
         if isinstance(conn, Raw):  # already raw: share its cursor
             self.sqlite, self.cur, self.dbapi = conn.sqlite, conn.cur, conn.dbapi
             self.audit_head = conn.audit_head
