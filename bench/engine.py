@@ -6,7 +6,9 @@ Prints, for SQLite and PostgreSQL:
   * the runbot/DBOS ratio (target: per-step overhead at most 1/3 of DBOS's).
 
 Each system runs in its own subprocess (DBOS is a process-wide singleton) on a fresh database.
-Usage: python bench/engine.py [--runs 1000] [--long-runs 10] [--skip-pg]
+Each system runs --repeat times per database (alternating with the other), and each keeps its best figures:
+the machine is shared, and a noisy moment should not decide the ratio.
+Usage: python bench/engine.py [--runs 1000] [--long-runs 10] [--repeat 2] [--skip-pg]
 """
 
 from __future__ import annotations
@@ -153,6 +155,14 @@ def run_worker(system: str, kind: str, runs: int, long_runs: int) -> dict[str, f
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def _best(new: dict[str, float], old: dict[str, float] | None) -> dict[str, float]:
+    """Each figure's best of the runs so far (lowest ms/step, highest runs/s)."""
+    if old is None:
+        return new
+    return {**new, "ms_per_step": min(new["ms_per_step"], old["ms_per_step"]),
+            "runs_per_s": max(new["runs_per_s"], old["runs_per_s"])}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker")
@@ -160,17 +170,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--long-runs", type=int, default=10)
     ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per system and database, alternating; best kept")
     a = ap.parse_args()
     if a.worker:
         fn = worker_runbot if a.worker == "runbot" else worker_dbos
         print(json.dumps(fn(a.url, a.runs, a.long_runs)))
         return
     kinds = ["sqlite"] + ([] if a.skip_pg else ["postgresql"])
-    print(f"engine benchmark: {a.long_runs} x 100-step runs (per-step overhead), {a.runs} x 5-step runs (throughput)")
+    print(f"engine benchmark: {a.long_runs} x 100-step runs (per-step overhead), {a.runs} x 5-step runs (throughput); "
+          f"best of {a.repeat} alternating runs each")  # fmt: skip
     print(f"{'database':<11} {'system':<7} {'ms/step':>8} {'runs/s':>8}")
     for kind in kinds:
-        rb = run_worker("runbot", kind, a.runs, a.long_runs)
-        db = run_worker("dbos", kind, a.runs, a.long_runs)
+        rb, db = _best(run_worker("runbot", kind, a.runs, a.long_runs), None), None
+        db = _best(run_worker("dbos", kind, a.runs, a.long_runs), db)
+        for _ in range(a.repeat - 1):  # alternating, so a noisy moment on a shared machine hits both alike
+            rb = _best(run_worker("runbot", kind, a.runs, a.long_runs), rb)
+            db = _best(run_worker("dbos", kind, a.runs, a.long_runs), db)
         print(f"{kind:<11} {'runbot':<7} {rb['ms_per_step']:>8.3f} {rb['runs_per_s']:>8.1f}")
         print(f"{kind:<11} {'dbos':<7} {db['ms_per_step']:>8.3f} {db['runs_per_s']:>8.1f}")
         ratio = rb["ms_per_step"] / db["ms_per_step"]

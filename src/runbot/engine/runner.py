@@ -739,15 +739,18 @@ class Engine(ControlMixin):
         if not (extra is None and not self.db.is_sqlite and self._commit_one_trip(
                 R, values, step_insert=step_insert, step_update=step_update, events=events or [],
                 artifacts=artifacts or [], timers=timers or [], outbox=outbox or [], relaxed=relaxed, now=now)):  # fmt: skip
-            if extra is None:  # the hot path: this thread's own DBAPI connection, no pool round trip
-                with self.db.raw_tx() as raw:
-                    write(raw, None)
-            else:
-                with self.db.tx() as conn:
-                    raw = Raw(conn)
-                    write(raw, conn)
-            if raw.audit_rows:
-                self.db.audit_cache.advance(raw.audit_rows[-1]["seq"], raw.audit_rows[-1]["hash"])
+            cache = self.db.audit_cache
+            # PostgreSQL: this process's cached-head commits wait meanwhile instead of failing on a head we move
+            with cache.lock if events and not self.db.is_sqlite else contextlib.nullcontext():
+                if extra is None:  # the hot path: this thread's own DBAPI connection, no pool round trip
+                    with self.db.raw_tx() as raw:
+                        write(raw, None)
+                else:
+                    with self.db.tx() as conn:
+                        raw = Raw(conn)
+                        write(raw, conn)
+                if raw.audit_rows:
+                    cache.advance(raw.audit_rows[-1]["seq"], raw.audit_rows[-1]["hash"])
         for _, _, at in timers or []:
             self._schedule_wake(at)
 

@@ -25,7 +25,7 @@ class HeadCache:
     """This process's last known audit head; `lock` is held across a commit that relies on it."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entered by a commit whose `extra` commits again
         self.head: tuple[int, str] | None = None
 
     def advance(self, seq: int, hash_: str) -> None:
