@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runbot import __version__
+from runbot.adapters.slack.config import enabled as slack_enabled
 from runbot.engine.ports import SecretProvider
 from runbot.engine.runner import Engine
 from runbot.observability import DbCollector, Metrics
@@ -79,6 +80,9 @@ def build_runtime(settings: Settings, *, upgrade: bool = True, secrets: SecretPr
     catalog = Catalog(settings.runbooks_dir, registry)
     catalog.reload()
     engine = Engine(settings, db, registry, provider)
+    # Slack messages are queued whenever Slack is configured, also by CLI commands (e.g. a break-glass approval)
+    # run in another process than the one that delivers them
+    engine.outbox_enabled = slack_enabled(settings)
     rt = Runtime(settings, db, registry, provider, catalog, engine)
     rt.metrics.registry.register(DbCollector(db))
     attach = getattr(provider, "attach", None)

@@ -233,6 +233,10 @@ class ControlMixin:
                 raise CommandError("someone else decided at the same moment; look again")
             if new_status != "pending":
                 conn.execute(update(RUNS).where(RUNS.c.id == appr["run_id"]).values(wake_at=now, updated_at=now))
+            if getattr(self, "outbox_enabled", False):  # the approval message shows the vote, wherever it was cast
+                conn.execute(insert(OUTBOX).values(topic="approval.voted", run_id=appr["run_id"], created_at=now,
+                                                   next_attempt_at=now, attempts=0,
+                                                   payload={"run_id": appr["run_id"], "approval_id": approval_id}))  # fmt: skip
             action = {"approved": "approval.approved", "denied": "approval.denied"}.get(new_status, "approval.vote")
             audit.append(conn, [audit.Event(action, actor=actor, run_id=appr["run_id"], step_id=appr["step_id"],
                                             incident_id=run["incident_id"], runbook=run["runbook_name"],
@@ -255,8 +259,12 @@ class ControlMixin:
         with self.db.tx() as conn:
             if conn.execute(update(CONTROLS).where(CONTROLS.c.key == "freeze").values(value=value, updated_at=now)).rowcount == 0:
                 conn.execute(insert(CONTROLS).values(key="freeze", value=value, updated_at=now))
-            audit.append(conn, [audit.Event("freeze.on" if frozen else "freeze.off", actor=actor,
-                                            outcome="frozen" if frozen else "unfrozen", details={"reason": reason})])  # fmt: skip
+            topic = "freeze.on" if frozen else "freeze.off"
+            audit.append(conn, [audit.Event(topic, actor=actor, outcome="frozen" if frozen else "unfrozen",
+                                            details={"reason": reason})])  # fmt: skip
+            if getattr(self, "outbox_enabled", False):  # announced in the same transaction that freezes
+                conn.execute(insert(OUTBOX).values(topic=topic, run_id=None, created_at=now, next_attempt_at=now,
+                                                   attempts=0, payload={"actor": actor, "reason": reason}))  # fmt: skip
             if not frozen:  # held runs re-check now
                 conn.execute(update(RUNS).where(RUNS.c.status == RunStatus.WAITING.value,
                                                 RUNS.c.reason.like("remediations are frozen%")).values(wake_at=now))  # fmt: skip

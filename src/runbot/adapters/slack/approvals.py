@@ -64,7 +64,6 @@ class ApprovalService:
         except CommandError as exc:
             self._audit_refusal(actor, appr, run, str(exc), approve)
             return Decision(False, f"Refused: {exc}.", run["id"])
-        self.store.enqueue("approval.voted", run["id"], {"run_id": run["id"], "approval_id": approval_id})
         self.on_change()
         return Decision(True, f"{'Approved' if approve else 'Denied'} {appr['step_id']} in run {run['id']}: "
                         f"{res.message}.", run["id"])  # fmt: skip

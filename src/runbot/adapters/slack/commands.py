@@ -214,7 +214,6 @@ class Commands:
             return Reply(":no_entry: You may not freeze remediations (see RUNBOT_SLACK_FREEZE_ALLOW).")
         reason = " ".join(args) or "frozen from Slack"
         self.rt.engine.set_freeze(True, actor.ref, reason)
-        self.store.enqueue("freeze.on", None, {"actor": actor.ref, "reason": reason})
         self.on_change()
         return Reply(":ice_cube: Remediations are frozen: no remediation step starts until "
                      f"`{self.cmd} unfreeze`. Diagnostics continue. (Announced and audited.)")  # fmt: skip
@@ -223,7 +222,6 @@ class Commands:
         if not self.authorizer.is_operator(actor):
             return Reply(":no_entry: Only operators may unfreeze (see RUNBOT_SLACK_OPERATORS).")
         self.rt.engine.set_freeze(False, actor.ref, " ".join(args))
-        self.store.enqueue("freeze.off", None, {"actor": actor.ref, "reason": " ".join(args)})
         self.on_change()
         return Reply(":sunny: Remediations are allowed again; held steps start now.")
 

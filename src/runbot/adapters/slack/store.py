@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from runbot.engine.state import OUTBOX
 from runbot.store import tables
 from runbot.store.db import Database
 from runbot.store.types import utcnow
@@ -75,14 +74,6 @@ class SlackStore:
     def prune_seen(self) -> int:
         with self.db.tx() as conn:
             return int(conn.execute(delete(SEEN).where(SEEN.c.seen_at < utcnow() - SEEN_KEEP)).rowcount or 0)
-
-    # ---- outbox nudges from the Slack side (votes, freeze) -------------------------------------------------------
-
-    def enqueue(self, topic: str, run_id: str | None, payload: dict[str, Any]) -> None:
-        now = utcnow()
-        with self.db.tx() as conn:
-            conn.execute(insert(OUTBOX).values(topic=topic, run_id=run_id, payload=payload, created_at=now,
-                                               next_attempt_at=now, attempts=0))  # fmt: skip
 
 
 def _ref(row: Any) -> Ref:

@@ -1,0 +1,44 @@
+"""Human commands (votes, freeze) queue their Slack messages in the same transaction, whoever issues them."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from runbot.domain import RunStatus
+from runbot.engine.state import OUTBOX
+from tests.engine.helpers import drive, start
+from tests.engine.test_runner import approval_book, pending
+
+
+def queued(rt) -> list[tuple[str, dict]]:
+    with rt.db.read() as conn:
+        return [(r.topic, r.payload) for r in conn.execute(select(OUTBOX.c.topic, OUTBOX.c.payload)
+                                                           .order_by(OUTBOX.c.id))]  # fmt: skip
+
+
+def test_a_break_glass_vote_and_a_freeze_from_the_cli_reach_slack(db_url, make_runtime, runbooks_dir):
+    approval_book(runbooks_dir, min_approvals=2)
+    rt = make_runtime(db_url, slack_bot_token="xoxb-configured-elsewhere")  # e.g. `runbot runs approve` in a shell
+    run_id = start(rt, "fix", requester="U_REQ")
+    assert drive(rt, run_id) is RunStatus.WAITING
+    (appr,) = pending(rt, run_id)
+    before = len(queued(rt))
+    rt.engine.vote(appr["id"], "cli:alice", True, user_name="alice", break_glass=True)
+    rt.engine.set_freeze(True, "cli:bob", "db failover in progress")
+    rt.engine.set_freeze(False, "cli:bob")
+    assert queued(rt)[before:] == [
+        ("approval.voted", {"run_id": run_id, "approval_id": appr["id"]}),
+        ("freeze.on", {"actor": "cli:bob", "reason": "db failover in progress"}),
+        ("freeze.off", {"actor": "cli:bob", "reason": ""}),
+    ]
+
+
+def test_without_slack_nothing_is_queued(db_url, make_runtime, runbooks_dir):
+    approval_book(runbooks_dir)
+    rt = make_runtime(db_url)
+    run_id = start(rt, "fix", requester="U_REQ")
+    drive(rt, run_id)
+    (appr,) = pending(rt, run_id)
+    rt.engine.vote(appr["id"], "cli:alice", True)
+    rt.engine.set_freeze(True, "cli:bob", "maintenance")
+    assert queued(rt) == []
