@@ -155,3 +155,27 @@ def rehash(rt):
             conn.execute(audit.EVENTS.update().where(audit.EVENTS.c.seq == r["seq"]).values(prev_hash=rec["prev_hash"],
                                                                                           hash=rec["hash"]))
         conn.execute(audit.HEAD.update().values(hash=prev))
+
+
+def test_old_runs_take_their_finished_vault_leases_but_a_live_lease_stays_until_revoked(story):
+    rt = story.rt
+    leases = tables.VaultLease.__table__
+    now = utcnow()
+    base = {"run_id": story.run_id, "step_id": "creds", "path": "database/creds/ro", "holder": "x", "issued_at": now,
+            "expires_at": None, "revoked_at": None, "revoke_reason": None}  # fmt: skip
+    with rt.db.tx() as conn:
+        conn.execute(leases.insert(), [
+            {**base, "lease_id": "database/creds/ro/revoked", "revoked_at": now, "revoke_reason": "run ended"},
+            {**base, "lease_id": "database/creds/ro/expired", "expires_at": now - timedelta(hours=1)},
+            {**base, "lease_id": "database/creds/ro/live", "expires_at": now + timedelta(hours=1)},
+        ])  # fmt: skip
+        conn.execute(RUNS.update().values(finished_at=now - timedelta(days=40)))
+    settings = rt.settings.model_copy(update={"retention_runs_days": 30})
+    assert apply_retention(rt.db, settings).runs_deleted == 2
+    with rt.db.read() as conn:
+        left = [r.lease_id for r in conn.execute(select(leases.c.lease_id))]
+    assert left == ["database/creds/ro/live"]  # the sweeper still has to revoke it; its run is gone
+    with rt.db.tx() as conn:  # ... which it then does
+        conn.execute(leases.update().values(revoked_at=utcnow(), revoke_reason="run is over"))
+    apply_retention(rt.db, settings)
+    assert count(rt, leases) == 0

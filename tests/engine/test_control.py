@@ -42,3 +42,21 @@ def test_without_slack_nothing_is_queued(db_url, make_runtime, runbooks_dir):
     rt.engine.vote(appr["id"], "cli:alice", True)
     rt.engine.set_freeze(True, "cli:bob", "maintenance")
     assert queued(rt) == []
+
+
+def test_human_decisions_name_the_runbook_version_the_run_started_with(db_url, make_runtime, runbooks_dir):
+    from runbot.store import tables
+
+    events = tables.AuditEvent.__table__
+    approval_book(runbooks_dir)
+    rt = make_runtime(db_url)
+    version = rt.catalog.get("fix").short_version
+    voted, cancelled = start(rt, "fix", requester="U_REQ"), start(rt, "fix", requester="U_REQ")
+    drive(rt, voted)
+    (appr,) = pending(rt, voted)
+    rt.engine.vote(appr["id"], "U_OK", True, user_name="alice")
+    rt.engine.cancel(cancelled, "cli:bob", "not needed")
+    with rt.db.read() as conn:
+        named = dict(conn.execute(select(events.c.action, events.c.runbook_version)
+                                  .where(events.c.action.in_(["approval.approved", "run.finished"]))).all())  # fmt: skip
+    assert named == {"approval.approved": version, "run.finished": version}

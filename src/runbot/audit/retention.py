@@ -27,11 +27,18 @@ if TYPE_CHECKING:
     from runbot.settings import Settings
 
 ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
+LEASES = tables.VaultLease.__table__  # type: ignore[attr-defined]
 ACTOR = "system:retention"
 RUN_BATCH = 500
 ALERT_BATCH = 2000
-# Run-attached tables that retention leaves alone: the audit trail, and Vault leases (their own lifecycle).
+# Run-attached tables that retention does not simply delete with their run: the audit trail, and Vault leases
+# (a lease still live must stay on record until it is revoked; see _done_leases).
 KEEP = frozenset({"audit_events", "vault_leases"})
+
+
+def _done_leases(now: datetime) -> Any:
+    """Leases that are over: revoked, or past their expiry. Live ones stay for the lease sweeper to revoke."""
+    return or_(LEASES.c.revoked_at.is_not(None), LEASES.c.expires_at < now)
 
 
 @dataclass
@@ -70,12 +77,17 @@ def purge_runs(db: Database, cutoff: datetime, *, actor: str = ACTOR, dry_run: b
     while True:
         ids = _old_runs(db, cutoff, RUN_BATCH)
         if not ids or dry_run:
+            if not dry_run:  # leases that outlived their (deleted) run until the sweeper revoked them
+                with db.tx() as conn:
+                    gone = ~select(RUNS.c.id).where(RUNS.c.id == LEASES.c.run_id).exists()
+                    conn.execute(delete(LEASES).where(gone, _done_leases(utcnow())))
             return total + len(ids) if dry_run else total
         with db.tx() as conn:
             approvals = select(APPROVALS.c.id).where(APPROVALS.c.run_id.in_(ids))
             conn.execute(delete(VOTES).where(VOTES.c.approval_id.in_(approvals)))
             for t in _run_tables():
                 conn.execute(delete(t).where(t.c.run_id.in_(ids)))
+            conn.execute(delete(LEASES).where(LEASES.c.run_id.in_(ids), _done_leases(utcnow())))
             conn.execute(delete(RUNS).where(RUNS.c.id.in_(ids)))
             audit.append(conn, [audit.Event("retention.runs_deleted", actor=actor, outcome="deleted",
                                             details={"count": len(ids), "cutoff": iso(cutoff), "run_ids": ids})])  # fmt: skip

@@ -38,6 +38,12 @@ def load_version(db: Database, version_id: int) -> LoadedRunbook:
     return book
 
 
+def version_of(conn: Connection, run: Any) -> str | None:
+    """The short version hash of the runbook a run started with (audit events name it, like the engine's own)."""
+    h = conn.execute(select(VERSIONS.c.version_hash).where(VERSIONS.c.id == run["runbook_version_id"])).scalar()
+    return str(h)[:12] if h else None
+
+
 def register_version(conn: Connection, book: LoadedRunbook) -> int:
     row = conn.execute(select(VERSIONS.c.id).where(VERSIONS.c.name == book.name,
                                                    VERSIONS.c.version_hash == book.version_hash)).first()  # fmt: skip
@@ -125,6 +131,7 @@ class ControlMixin:
             leased = run["lease_owner"] is not None and run["lease_expires_at"] and run["lease_expires_at"] > now
             ev = audit.Event("run.cancel_requested" if leased else "run.finished", actor=actor, run_id=run_id,
                              incident_id=run["incident_id"], runbook=run["runbook_name"],
+                             runbook_version=version_of(conn, run),
                              outcome=None if leased else RunStatus.CANCELLED.value,
                              details={"reason": reason or "cancelled"})  # fmt: skip
             if leased:
@@ -177,6 +184,7 @@ class ControlMixin:
             conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(wake_at=now, updated_at=now))
             audit.append(conn, [audit.Event("step.decided", actor=actor, run_id=run_id, step_id=step_id,
                                             incident_id=run["incident_id"], runbook=run["runbook_name"],
+                                            runbook_version=version_of(conn, run),
                                             outcome=decision.value, details={"previous": "in_doubt"})])  # fmt: skip
         self.wake()
         return note
@@ -240,6 +248,7 @@ class ControlMixin:
             action = {"approved": "approval.approved", "denied": "approval.denied"}.get(new_status, "approval.vote")
             audit.append(conn, [audit.Event(action, actor=actor, run_id=appr["run_id"], step_id=appr["step_id"],
                                             incident_id=run["incident_id"], runbook=run["runbook_name"],
+                                            runbook_version=version_of(conn, run),
                                             outcome=new_status,
                                             details={"approval_id": approval_id, "user_id": user_id,
                                                      "user_name": user_name, "decision": "approve" if approve else "deny",
