@@ -24,14 +24,19 @@ REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "runbooks" / "examples"
 
 
-def cli(srv: RunbotServer, *args: str) -> Any:
-    """The intake commands in-process (fast), with the server's environment."""
+def _app() -> typer.Typer:
     app = typer.Typer()
     register(app)
     app.command("noop", hidden=True)(lambda: None)  # keep sub-commands addressed by name
+    return app
+
+
+def cli(srv: RunbotServer, *args: str, env: dict[str, str] | None = None) -> Any:
+    """The intake commands in-process (fast), with the server's environment (plus `env`)."""
+    app = _app()
     saved = structlog.get_config()  # the CLI points logging at this test's captured stderr: undo that after
     try:
-        return CliRunner().invoke(app, list(args), env=srv.env(), catch_exceptions=True)
+        return CliRunner().invoke(app, list(args), env={**srv.env(), **(env or {})}, catch_exceptions=True)
     finally:
         structlog.configure(**saved)
 
@@ -119,5 +124,11 @@ def test_fire_explains_an_unreachable_bot_and_a_refusal(tmp_path):
         res = cli(srv, "fire", "--token", "tok-not-it-1234", str(EXAMPLES / "disk-usage-firing.json"))
         assert isinstance(res.exception, CliError) and "HTTP 401" in res.exception.message
         assert "tok-not-it-1234" not in res.output + res.exception.message  # a token is never echoed
+        # a shell whose settings point at another data directory: the answer is shown, nothing is created there
+        elsewhere = tmp_path / "elsewhere"
+        started = time.monotonic()
+        res = cli(srv, "fire", str(EXAMPLES / "disk-usage-firing.json"), env={"RUNBOT_DATA_DIR": str(elsewhere)})
+        assert res.exit_code == 0 and '"delivery": 1' in res.output and '"new"' not in res.output
+        assert time.monotonic() - started < 5 and not elsewhere.exists()
     finally:
         srv.stop()
