@@ -48,6 +48,24 @@ class OtherWriterStep(Step[Nothing]):
         return StepResult(summary="someone else wrote to the audit log meanwhile")
 
 
+class ChartStep(Step[Nothing]):
+    """Leaves an artifact (as prometheus.graph does) and fails once, so its commits carry artifacts and a timer."""
+
+    type = "test.chart"
+    kind = StepKind.DIAGNOSTIC
+    Params = Nothing
+    calls: ClassVar[int] = 0
+
+    async def run(self, params: Nothing, ctx: StepContext) -> StepResult:
+        ChartStep.calls += 1
+        ctx.attach(f"chart-{ChartStep.calls}.png", "image/png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+        if ChartStep.calls == 1:
+            from runbot.steps.base import StepError
+
+            raise StepError("the first try fails", retryable=True)
+        return StepResult(output={"points": 360}, summary="charted")
+
+
 def count(rt, table, *where) -> int:
     with rt.db.read() as conn:
         return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
@@ -140,3 +158,31 @@ def test_two_processes_driving_runs_at_once_share_one_whole_chain(db_url, make_r
     result = verified(one)
     assert count(one, EVENTS, EVENTS.c.action == "step.succeeded") == 60
     assert result.count == count(one, EVENTS)
+
+
+def test_a_commit_with_artifacts_a_retry_timer_and_slack_messages_stores_them_all(db_url, make_runtime, runbooks_dir):
+    write_runbook(runbooks_dir, "chart", """
+        name: chart
+        steps:
+          - id: graph
+            type: test.chart
+            retry: {attempts: 2, initial: 0.05, max: 0.05}
+    """)
+    rt = make_runtime(db_url, slack_bot_token="xoxb-configured")  # the outbox is on
+    rt.registry.register(ChartStep)
+    rt.catalog.reload()
+    ChartStep.calls = 0
+    run_id = start(rt, "chart")
+    assert drive(rt, run_id) is RunStatus.SUCCEEDED
+    artifacts = tables.Artifact.__table__
+    timers = tables.Timer.__table__
+    outbox = tables.Outbox.__table__
+    with rt.db.read() as conn:
+        stored = conn.execute(select(artifacts.c.name, artifacts.c.data).order_by(artifacts.c.id)).all()
+        retry = conn.execute(select(timers.c.purpose).where(timers.c.run_id == run_id)).scalars().all()
+        topics = conn.execute(select(outbox.c.topic).where(outbox.c.run_id == run_id)).scalars().all()
+    assert [n for n, _ in stored] == ["chart-1.png", "chart-2.png"]
+    assert all(bytes(d).endswith(bytes(range(256))) for _, d in stored)  # binary survives byte for byte
+    assert retry == ["retry"]
+    assert topics.count("step.failed") == 1 and topics.count("step.succeeded") == 1
+    verified(rt)
