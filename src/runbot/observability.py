@@ -109,16 +109,33 @@ class DbCollector(Collector):
         from sqlalchemy import func, select
 
         from runbot.engine.state import INCIDENTS, RUNS
+        from runbot.store import tables
+        from runbot.store.types import utcnow
 
+        deliveries = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
+        alerts = tables.Alert.__table__  # type: ignore[attr-defined]
         runs = GaugeMetricFamily("runbot_runs", "Runs by status", labels=["status"])
         incidents = GaugeMetricFamily("runbot_incidents_open", "Open incidents")
+        backlog = GaugeMetricFamily("runbot_intake_backlog_alerts",
+                                    "Accepted alerts intake has not unpacked and matched yet", labels=["stage"])  # fmt: skip
+        lag = GaugeMetricFamily("runbot_intake_lag_seconds",
+                                "Age of the oldest accepted webhook delivery not unpacked yet (0: none)")  # fmt: skip
         try:
             with self.db.read() as conn:
                 for status, n in conn.execute(select(RUNS.c.status, func.count()).group_by(RUNS.c.status)):
                     runs.add_metric([status], n)
                 incidents.add_metric([], conn.execute(select(func.count()).select_from(INCIDENTS)
                                                       .where(INCIDENTS.c.status == "open")).scalar_one())  # fmt: skip
+                waiting = deliveries.c.processed_at.is_(None)
+                n, oldest = conn.execute(select(func.coalesce(func.sum(deliveries.c.alerts), 0),
+                                                func.min(deliveries.c.received_at)).where(waiting)).one()  # fmt: skip
+                backlog.add_metric(["unpack"], n)
+                backlog.add_metric(["match"], conn.execute(select(func.count()).select_from(alerts)
+                                                           .where(alerts.c.pending_since.is_not(None))).scalar_one())  # fmt: skip
+                lag.add_metric([], max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0)
         except Exception:  # a scrape must not fail because the database is briefly busy
             return
         yield runs
         yield incidents
+        yield backlog
+        yield lag

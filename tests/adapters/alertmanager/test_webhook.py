@@ -276,3 +276,15 @@ def test_processed_deliveries_beyond_the_keep_limit_are_forgotten_but_their_aler
     kept = [d["id"] for d in bot.rows(DELIVERIES)]
     assert 2 <= len(kept) <= 3 and max(kept) == 7  # the newest outcomes stay inspectable
     assert len(bot.alerts()) == 7
+
+
+def test_the_intake_backlog_and_its_lag_are_metrics_to_alert_on(make_bot):
+    bot = make_bot(alertmanager_process=False)  # an accept-only replica: its peers would do the rest
+    assert metric(bot, "runbot_intake_lag_seconds") == 0.0
+    bot.post(payload(alert(instance="a"), alert(instance="b"), alert(instance="c")))
+    assert metric(bot, "runbot_intake_backlog_alerts", '{stage="unpack"}') == 3
+    assert metric(bot, "runbot_intake_lag_seconds") > 0.0
+    bot.unpack()
+    assert metric(bot, "runbot_intake_backlog_alerts", '{stage="unpack"}') == 0
+    assert metric(bot, "runbot_intake_backlog_alerts", '{stage="match"}') == 3  # stored, not matched yet
+    assert metric(bot, "runbot_intake_lag_seconds") == 0.0
