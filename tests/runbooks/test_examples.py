@@ -86,9 +86,11 @@ def test_sample_payloads_carry_exactly_the_labels_the_alert_rules_produce() -> N
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_alert_rules_and_prometheus_config_pass_promtool() -> None:
-    for args in (["check", "rules", *map(str, sorted((DEPLOY / "prometheus" / "rules").glob("*.yaml")))],
+    rules = sorted((DEPLOY / "prometheus" / "rules").glob("*.yaml")) + sorted((DEPLOY / "prometheus" / "self").glob("*.yaml"))
+    for args in (["check", "rules", *map(str, rules)],
                  ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
-                 ["test", "rules", str(DEPLOY / "prometheus" / "tests" / "rules.test.yaml")]):  # fmt: skip
+                 ["test", "rules", str(DEPLOY / "prometheus" / "tests" / "rules.test.yaml")],
+                 ["test", "rules", str(DEPLOY / "prometheus" / "tests" / "runbot-self.test.yaml")]):  # fmt: skip
         out = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
 
@@ -107,6 +109,10 @@ def test_alertmanager_config_routes_the_example_alerts_to_runbot_with_a_bearer_t
         routed = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={config}",
                                  *[f"{k}={v}" for k, v in labels.items()]], capture_output=True, text=True, timeout=60)  # fmt: skip
         assert "runbot" in routed.stdout, (alertname, routed.stdout, routed.stderr)
+    # runbot's own alerts page people: a bot that is down cannot handle the alert that it is down
+    own = subprocess.run(["amtool", "config", "routes", "test", f"--config.file={config}", "alertname=RunbotDown",
+                          "severity=page", "job=runbot"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert own.stdout.split() == ["oncall-pager"], own.stdout + own.stderr
 
 
 # ---- end to end against a real Prometheus -------------------------------------------------------------
