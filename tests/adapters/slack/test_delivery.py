@@ -130,7 +130,8 @@ def test_an_incident_channel_is_created_and_owners_invited(bots: Bots) -> None:
     name = created.args["name"]
     assert name.startswith("inc-") and "higherrorrate" in name
     cid = next(c for c, n in bots.fake.channels.items() if n == name)
-    assert bots.fake.invited[cid] == {ALICE.id, "U0BOB", CAROL.id}  # @sre-oncall members and the configured user
+    owners = {ALICE.id, "U0BOB", CAROL.id}  # @sre-oncall members and the configured user
+    bot.wait_for(lambda: bots.fake.invited.get(cid) == owners, what="owners invited")  # invited after creating
     bot.wait_for(lambda: any(run_id in m.all_text() for m in bots.fake.roots(cid)), what="summary in the channel")
 
 
