@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port
 from tests.support.process import ManagedProcess
 
 ALERTMANAGER_BIN = os.environ.get("ALERTMANAGER_BIN", "/usr/bin/prometheus-alertmanager")
@@ -32,6 +30,8 @@ def alertmanager_available() -> bool:
 
 
 class AlertmanagerProcess(ManagedProcess):
+    name = "alertmanager"
+
     def __init__(
         self,
         workdir: Path,
@@ -89,39 +89,18 @@ class AlertmanagerProcess(ManagedProcess):
         if not alertmanager_available():
             raise RuntimeError(f"Alertmanager not found at {self.binary} (apt-get install prometheus-alertmanager)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        last = ""
-        for _ in range(3):
-            self.port = free_port()
-            config = self.workdir / "alertmanager.yml"
-            config.write_text(json.dumps(self._config(), indent=2))  # JSON is YAML
-            self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
-            self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
-                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                self._wait_ready(timeout)
-                return self
-            except RuntimeError as exc:
-                last = str(exc)
-                self.stop()
-                if "address already in use" not in last:
-                    break
-        raise RuntimeError(last)
+        config = self.workdir / "alertmanager.yml"
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited early:\n{self.log_tail()}")
-            try:
-                if self.request("GET", "/-/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"alertmanager not ready after {timeout}s:\n{self.log_tail()}")
+        def argv() -> list[str]:
+            config.write_text(json.dumps(self._config(), indent=2))  # JSON is YAML
+            return [self.binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"]
+
+        self.start_on_free_port(argv, timeout)
+        return self
+
+    def probe_ready(self) -> bool:
+        return self.request("GET", "/-/ready")[0] == 200
 
     # ---- API -------------------------------------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port
 from tests.support.process import ManagedProcess
 
 PROMETHEUS_BIN = os.environ.get("PROMETHEUS_BIN", "/usr/bin/prometheus")
@@ -49,6 +48,8 @@ class BasicAuthUser:
 
 class PrometheusProcess(ManagedProcess):
     """One real Prometheus on 127.0.0.1:<free port>; see the module docstring."""
+
+    name = "prometheus"
 
     def __init__(
         self,
@@ -160,21 +161,10 @@ class PrometheusProcess(ManagedProcess):
         """Start, retrying on a new port if another process grabbed ours between pick and bind."""
         if not prometheus_available():
             raise RuntimeError(f"Prometheus binary not found at {self.binary} (apt-get install prometheus)")
-        last = ""
-        for _ in range(3):
-            self.port = free_port()
-            try:
-                self._spawn()
-                self.wait_ready(timeout)
-                return self
-            except RuntimeError as exc:
-                last = str(exc)
-                self.stop()
-                if "address already in use" not in last:
-                    break
-        raise RuntimeError(last)
+        self.start_on_free_port(self._argv, timeout)
+        return self
 
-    def _spawn(self) -> None:
+    def _argv(self) -> list[str]:
         config = self._write_config()
         web = self._write_web_config()
         data = self.workdir / "data"
@@ -189,24 +179,10 @@ class PrometheusProcess(ManagedProcess):
         ]
         if web is not None:
             args.append(f"--web.config.file={web}")
-        self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        return args
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited early:\n{self.log_tail()}")
-            try:
-                status, _ = self._get("/-/ready", timeout=1.0)
-                if status == 200:
-                    return
-            except (OSError, ssl.SSLError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
+    def probe_ready(self) -> bool:
+        return self._get("/-/ready", timeout=1.0)[0] == 200
 
     def wait_for(
         self, promql: str, *, timeout: float = 30.0, check: Callable[[list[Any]], bool] = bool

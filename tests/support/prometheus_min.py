@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,12 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port
 from tests.support.process import ManagedProcess
 from tests.support.prometheus import PROMETHEUS_BIN, prometheus_available
 
 
 class AlertingPrometheus(ManagedProcess):
+    name = "prometheus"
+
     def __init__(
         self,
         workdir: Path,
@@ -63,25 +63,11 @@ class AlertingPrometheus(ManagedProcess):
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]}
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(json.dumps(config, indent=2))
-        last = ""
-        for _ in range(3):
-            self.port = free_port()
-            self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
-            self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", f"--rules.alert.resend-delay={self.resend_delay}",
-                 "--log.level=warn"],
-                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                self._wait_ready(timeout)
-                return self
-            except RuntimeError as exc:
-                last = str(exc)
-                self.stop()
-                if "address already in use" not in last:
-                    break
-        raise RuntimeError(last)
+        self.start_on_free_port(lambda: [
+            self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}", f"--rules.alert.resend-delay={self.resend_delay}",
+            "--log.level=warn"], timeout)  # fmt: skip
+        return self
 
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         try:
@@ -90,18 +76,8 @@ class AlertingPrometheus(ManagedProcess):
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited early:\n{self.log_tail()}")
-            try:
-                if self._get("/-/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
+    def probe_ready(self) -> bool:
+        return self._get("/-/ready")[0] == 200
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         status, body = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
