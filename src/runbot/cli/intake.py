@@ -226,10 +226,11 @@ def _unpacked(delivery_id: int, timeout: float = 10.0) -> dict[str, Any] | None:
 
     from runbot.adapters.alertmanager.queries import delivery
     from runbot.cli.main import settings
-    from runbot.store.db import Database
+    from runbot.store.db import Database, sqlite_file
 
     url = settings().effective_database_url
-    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).is_file():
+    file = sqlite_file(url)
+    if url.startswith("sqlite") and (file is None or not file.is_file()):
         return None
     db = Database(url)
     started = time.monotonic()

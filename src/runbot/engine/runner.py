@@ -696,11 +696,12 @@ class Engine(ControlMixin):
         values: dict[str, Any] = {"updated_at": now, "lease_expires_at": plus(now, self.settings.lease_seconds)}
         if run:
             values.update(run)
+        # Only records of idempotent steps may commit asynchronously on PostgreSQL (a *database server* crash
+        # then just re-runs the step, which is safe by definition); everything else is durable at commit.
+        durable = not relaxed
+        side = self._side_rows(R, artifacts or [], timers or [], outbox or [], now)
+
         def write(raw: Raw, conn: Connection | None) -> None:
-            if not relaxed and not raw.sqlite and self.db.relaxed_commits and conn is None:
-                # Only records of idempotent steps may commit asynchronously (a *database server* crash then
-                # just re-runs the step, which is safe by definition); everything else is durable at commit.
-                raw.send("SET LOCAL synchronous_commit = on", {})
             sets = ", ".join(f"{k} = :v_{k}" for k in values)
             fenced = raw.send(
                 f"UPDATE runs SET {sets} WHERE id = :id AND fence = :fence AND lease_owner = :owner "
@@ -721,29 +722,21 @@ class Engine(ControlMixin):
                 sid, attempt, vals = step_update
                 raw.update("step_executions", vals, "run_id = :r AND step_id = :s AND attempt = :a",
                            {"r": R.id, "s": sid, "a": attempt})  # fmt: skip
-            if artifacts:
-                raw.insert_many("artifacts", [
-                    {"run_id": R.id, "step_id": sid, "name": n, "content_type": ct, "data": d, "created_at": now}
-                    for sid, n, ct, d in artifacts])  # fmt: skip
-            if timers:
-                raw.insert_many("timers", [{"run_id": R.id, "step_id": sid, "purpose": p, "fire_at": at}
-                                           for sid, p, at in timers])  # fmt: skip
-            if outbox and self.outbox_enabled:
-                raw.insert_many("outbox", [{"topic": t, "run_id": R.id, "payload": p, "created_at": now,
-                                            "next_attempt_at": now, "attempts": 0} for t, p in outbox])  # fmt: skip
+            for table, rows in side:
+                raw.insert_many(table, rows)
             if extra is not None:
                 extra(conn)
             if events:
                 raw.audit_rows = audit.append(raw, events)
 
         if not (extra is None and not self.db.is_sqlite and self._commit_one_trip(
-                R, values, step_insert=step_insert, step_update=step_update, events=events or [],
-                artifacts=artifacts or [], timers=timers or [], outbox=outbox or [], relaxed=relaxed, now=now)):  # fmt: skip
+                R, values, step_insert=step_insert, step_update=step_update, events=events or [], side=side,
+                durable=durable)):  # fmt: skip
             cache = self.db.audit_cache
             # PostgreSQL: this process's cached-head commits wait meanwhile instead of failing on a head we move
             with cache.lock if events and not self.db.is_sqlite else contextlib.nullcontext():
                 if extra is None:  # the hot path: this thread's own DBAPI connection, no pool round trip
-                    with self.db.raw_tx() as raw:
+                    with self.db.raw_tx(durable=durable) as raw:
                         write(raw, None)
                 else:
                     with self.db.tx() as conn:
@@ -754,11 +747,25 @@ class Engine(ControlMixin):
         for _, _, at in timers or []:
             self._schedule_wake(at)
 
+    def _side_rows(self, R: RunState, artifacts: list[tuple[str, str, str, bytes]],
+                   timers: Sequence[tuple[str | None, str, datetime]], outbox: list[tuple[str, dict[str, Any]]],
+                   now: datetime) -> list[tuple[str, list[dict[str, Any]]]]:  # fmt: skip
+        """The rows a commit adds beside the journal and the audit trail, per table, in insertion order."""
+        side: list[tuple[str, list[dict[str, Any]]]] = []
+        if artifacts:
+            side.append(("artifacts", [{"run_id": R.id, "step_id": sid, "name": n, "content_type": ct, "data": d,
+                                        "created_at": now} for sid, n, ct, d in artifacts]))  # fmt: skip
+        if timers:
+            side.append(("timers", [{"run_id": R.id, "step_id": sid, "purpose": p, "fire_at": at}
+                                    for sid, p, at in timers]))  # fmt: skip
+        if outbox and self.outbox_enabled:
+            side.append(("outbox", [{"topic": t, "run_id": R.id, "payload": p, "created_at": now,
+                                     "next_attempt_at": now, "attempts": 0} for t, p in outbox]))  # fmt: skip
+        return side
+
     def _commit_one_trip(self, R: RunState, values: dict[str, Any], *, step_insert: dict[str, Any] | None,
                          step_update: tuple[str, int, dict[str, Any]] | None, events: list[audit.Event],
-                         artifacts: list[tuple[str, str, str, bytes]],
-                         timers: Sequence[tuple[str | None, str, datetime]], outbox: list[tuple[str, dict[str, Any]]],
-                         relaxed: bool, now: datetime) -> bool:  # fmt: skip
+                         side: list[tuple[str, list[dict[str, Any]]]], durable: bool) -> bool:  # fmt: skip
         """PostgreSQL: the whole commit as one statement (see pgcommit). False: the cached audit head was stale
         (or unknown) and nothing was written; the caller takes the general path."""
         cache = self.db.audit_cache
@@ -767,22 +774,10 @@ class Engine(ControlMixin):
             if events and head is None:
                 return False
             rows = audit.chain_rows(events, *head) if events and head else []
-            inserts: list[tuple[str, list[dict[str, Any]]]] = []
-            if artifacts:
-                inserts.append(("artifacts", [{"run_id": R.id, "step_id": sid, "name": n, "content_type": ct,
-                                               "data": d, "created_at": now} for sid, n, ct, d in artifacts]))  # fmt: skip
-            if timers:
-                inserts.append(("timers", [{"run_id": R.id, "step_id": sid, "purpose": p, "fire_at": at}
-                                           for sid, p, at in timers]))  # fmt: skip
-            if outbox and self.outbox_enabled:
-                inserts.append(("outbox", [{"topic": t, "run_id": R.id, "payload": p, "created_at": now,
-                                            "next_attempt_at": now, "attempts": 0} for t, p in outbox]))  # fmt: skip
             sql, params = pgcommit.step_commit(run_id=R.id, fence=R.fence, owner=self.owner, run_values=values,
                                                head=head, audit_rows=rows, step_insert=step_insert,
-                                               step_update=step_update, inserts=inserts)  # fmt: skip
-            with self.db.raw_tx() as raw:
-                if not relaxed and self.db.relaxed_commits:
-                    raw.send("SET LOCAL synchronous_commit = on", {})  # durable, as in the general path
+                                               step_update=step_update, inserts=side)  # fmt: skip
+            with self.db.raw_tx(durable=durable) as raw:
                 cur = raw.send(sql, params)
             fenced, cancel, head_ok = cur.fetchone()  # read after the commit: one round trip for everything
             if not head_ok:

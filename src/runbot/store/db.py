@@ -21,6 +21,14 @@ from runbot.store.raw import Raw
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None: in memory, or not SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
 class HeadCache:
     """This process's last known audit head; `lock` is held across a commit that relies on it."""
 
@@ -47,9 +55,9 @@ class Database:
         self._raw_conns: list[Any] = []
         self.audit_cache = HeadCache()  # PostgreSQL: the audit head as this process last wrote it
         if self.is_sqlite:
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path = sqlite_file(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size, max_overflow=20
             )
@@ -65,16 +73,17 @@ class Database:
             yield conn
 
     @contextmanager
-    def raw_tx(self) -> Iterator[Raw]:
-        """A write transaction on this thread's own long-lived DBAPI connection (the engine's hot path)."""
+    def raw_tx(self, durable: bool = True) -> Iterator[Raw]:
+        """A write transaction on this thread's own long-lived DBAPI connection (the engine's hot path).
+
+        With `relaxed_commits` on PostgreSQL the connection commits asynchronously unless `durable`."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self.engine.raw_connection()
             if not self.is_sqlite:
                 dbapi: Any = conn.dbapi_connection
                 if self.relaxed_commits:
-                    # the engine's own connection: commits default to asynchronous; any transaction that must be
-                    # durable says `SET LOCAL synchronous_commit = on` (see Engine._commit)
+                    # the engine's own connection: commits default to asynchronous; a durable raw_tx opts back in
                     dbapi.cursor().execute("SET synchronous_commit = off")
                     dbapi.commit()
                 # Pipeline mode for the connection's whole life: statements go out without waiting and results
@@ -90,6 +99,8 @@ class Database:
         try:
             if self.is_sqlite:
                 raw.cur.execute("BEGIN IMMEDIATE")
+            elif durable and self.relaxed_commits:
+                raw.cur.execute("SET LOCAL synchronous_commit = on")  # pipelined: no round trip of its own
             yield raw
             conn.commit()
         except BaseException:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -45,7 +45,7 @@ class _Job:
 def store_deliveries(conn: Connection | Raw, jobs: list[tuple[str | None, int, bytes]], now: datetime) -> list[int]:
     """Insert one delivery row per (receiver, alerts, body) in the caller's transaction; their ids, in order."""
     if isinstance(conn, Raw):  # SQLite's hot path, straight to the driver
-        at = now.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        at = conn.adapt(now)
         ids: list[int] = []
         for i in range(0, len(jobs), _SQLITE_CHUNK):
             chunk = jobs[i:i + _SQLITE_CHUNK]

@@ -182,18 +182,20 @@ def _validate(body: bytes) -> Any:
         version = _peek_version(body)
         if version is not None and version != SUPPORTED_VERSION:
             raise _version_error(version) from None
-        raise PayloadError(422, "invalid Alertmanager payload: " + "; ".join(
-            f"{p['field']}: {p['message']}" for p in problems[:5]), problems) from None  # fmt: skip
+        raise _invalid(problems) from None
     version = str(data["version"])
     if version != SUPPORTED_VERSION:
         raise _version_error(version)
     zero = [i for i, a in enumerate(data["alerts"]) if a["startsAt"].year <= 1]
     if zero:
-        problems = [{"field": f"alerts[{i}].startsAt", "message": "startsAt must be a real time, not the zero time"}
-                    for i in zero[:20]]  # fmt: skip
-        raise PayloadError(422, "invalid Alertmanager payload: " + "; ".join(
-            f"{p['field']}: {p['message']}" for p in problems[:5]), problems)  # fmt: skip
+        raise _invalid([{"field": f"alerts[{i}].startsAt", "message": "startsAt must be a real time, not the zero time"}
+                        for i in zero[:20]])  # fmt: skip
     return data
+
+
+def _invalid(problems: list[dict[str, str]]) -> PayloadError:
+    return PayloadError(422, "invalid Alertmanager payload: " + "; ".join(
+        f"{p['field']}: {p['message']}" for p in problems[:5]), problems)  # fmt: skip
 
 
 def _version_error(version: str) -> PayloadError:
