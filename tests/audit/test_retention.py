@@ -15,14 +15,9 @@ from runbot.audit.retention import apply_retention, purge_audit, verify_chain
 from runbot.engine.state import APPROVALS, ARTIFACTS, RUNS, STEPS, VOTES
 from runbot.store import tables
 from runbot.store.types import utcnow
-from tests.engine.helpers import drive, start
+from tests.engine.helpers import count, drive, start
 
 ALERTS = tables.Alert.__table__
-
-
-def count(rt, table, *where):
-    with rt.db.read() as conn:
-        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
 
 
 def verify(rt):

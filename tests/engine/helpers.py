@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from runbot.domain import RunStatus
 from runbot.engine.state import RUNS, STEPS
@@ -43,3 +43,8 @@ def start(rt: Any, name: str, **kw: Any) -> str:
     book = rt.catalog.get(name)
     assert book is not None, f"runbook {name} not loaded: {rt.catalog.problems}"
     return rt.engine.create_run(book, **kw)
+
+
+def count(rt: Any, table: Any, *where: Any) -> int:
+    with rt.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())

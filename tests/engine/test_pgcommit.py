@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from runbot.audit import log as audit
 from runbot.domain import RunStatus, StepKind
@@ -22,7 +22,7 @@ from runbot.steps.base import Params, Step, StepContext, StepResult
 from runbot.store import tables
 from runbot.store.types import utcnow
 from tests.conftest import write_runbook
-from tests.engine.helpers import drive, start
+from tests.engine.helpers import count, drive, start
 
 EVENTS = tables.AuditEvent.__table__
 
@@ -64,11 +64,6 @@ class ChartStep(Step[Nothing]):
 
             raise StepError("the first try fails", retryable=True)
         return StepResult(output={"points": 360}, summary="charted")
-
-
-def count(rt, table, *where) -> int:
-    with rt.db.read() as conn:
-        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
 
 
 def verified(rt) -> audit.VerifyResult:
