@@ -700,6 +700,16 @@ class _WindowStep(_PrometheusStep):
         problems = super().lint(raw_params)
         return problems + _lint_window(raw_params, problems)
 
+    async def _fetch(self, params: RangeParams,
+                     ctx: StepContext) -> tuple[dict[str, Any], Window, list[RangeSeries], list[str]]:  # fmt: skip
+        """(the output's base fields, the window, its series, Prometheus' warnings); errors as step errors."""
+        base: dict[str, Any] = {"query": params.query, "server": params.server}
+        try:
+            window, series, warnings = await _range_query(self, params, ctx)
+        except StepError as exc:
+            raise self._error(exc, base, ctx) from None
+        return base, window, series, warnings
+
 
 class PrometheusRange(_WindowStep):
     type = "prometheus.range"
@@ -708,11 +718,7 @@ class PrometheusRange(_WindowStep):
     doc = "Range query over a window ending now or at the alert's start + margin; points per series, bounded."
 
     async def run(self, params: RangeParams, ctx: StepContext) -> StepResult:
-        base: dict[str, Any] = {"query": params.query, "server": params.server}
-        try:
-            window, series, warnings = await _range_query(self, params, ctx)
-        except StepError as exc:
-            raise self._error(exc, base, ctx) from None
+        base, window, series, warnings = await self._fetch(params, ctx)
         max_series = self.settings.prometheus_max_series
         max_points = self.settings.prometheus_max_points
         truncated = len(series) > max_series
@@ -778,11 +784,7 @@ class PrometheusGraph(_WindowStep):
     doc = "Range query rendered as a PNG line chart (alert start marked), attached to the run."
 
     async def run(self, params: GraphParams, ctx: StepContext) -> StepResult:
-        base: dict[str, Any] = {"query": params.query, "server": params.server}
-        try:
-            window, series, warnings = await _range_query(self, params, ctx)
-        except StepError as exc:
-            raise self._error(exc, base, ctx) from None
+        base, window, series, warnings = await self._fetch(params, ctx)
         shown = _top_series(series, params.max_series)
         differing = _differing_label_keys([s.labels for s in shown])
         lines = [_line(s, differing, params.query) for s in shown]

@@ -116,9 +116,12 @@ class WriteGate:
         try:
             yield
         finally:
-            with self._cond:
-                self._held = False
-                self._cond.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
 
     def urgent_waiting(self) -> bool:
         """A webhook commit is waiting for the gate (the worker should wrap up its batch)."""
@@ -133,9 +136,7 @@ class WriteGate:
         try:
             yield
         finally:
-            with self._cond:
-                self._held = False
-                self._cond.notify_all()
+            self._release()
 
 
 class DeliveryWriter:
