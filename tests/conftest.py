@@ -101,3 +101,22 @@ def make_runtime(tmp_path: Path, runbooks_dir: Path) -> Iterator[Callable[..., A
     for rt in made:
         with contextlib.suppress(Exception):
             rt.close()
+
+
+# ---- the recorded incident that export, report, retention and postmortem tests start from ----------------
+
+
+@pytest.fixture
+def story(make_runtime: Callable[..., Any], runbooks_dir: Path, tmp_path: Path) -> Any:
+    """On SQLite: most tests (see support/incident_story)."""
+    from tests.support.incident_story import tell_story
+
+    return tell_story(make_runtime, runbooks_dir, tmp_path)
+
+
+@pytest.fixture
+def story_on(db_url: str, make_runtime: Callable[..., Any], runbooks_dir: Path, tmp_path: Path) -> Any:
+    """On SQLite and on PostgreSQL: where the backend could change what is read back and hashed."""
+    from tests.support.incident_story import tell_story
+
+    return tell_story(make_runtime, runbooks_dir, tmp_path, db_url)
