@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import write_runbook
 from tests.support.http_target import HttpTarget, Reply
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RUNBOT = str(Path(sys.executable).with_name("runbot"))
@@ -49,16 +50,6 @@ def _serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         time.sleep(0.1)
     proc.kill()
     raise AssertionError(f"runbot serve did not become ready:\n{log.read_text()[-3000:]}")
-
-
-def _wait(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_mid_run_resumes_without_repeating_completed_or_in_flight_steps(db_url, tmp_path, runbooks_dir):
@@ -95,7 +86,7 @@ def test_sigkill_mid_run_resumes_without_repeating_completed_or_in_flight_steps(
                                      timeout=60)
             assert created.returncode == 0, created.stderr
             run_id = created.stdout.split()[1]
-            _wait(lambda: target.calls("/remediate") == 1, what="the remediation to be in flight")
+            wait_until(lambda: target.calls("/remediate") == 1, timeout=30, what="the remediation to be in flight")
             server.send_signal(signal.SIGKILL)
             server.wait(10)
         finally:
@@ -114,12 +105,12 @@ def test_sigkill_mid_run_resumes_without_repeating_completed_or_in_flight_steps(
 
             server = _serve(env, log)
             try:
-                _wait(lambda: ("remediate", 1, "in_doubt") in step_states(), timeout=30, what="in-doubt marking")
+                wait_until(lambda: ("remediate", 1, "in_doubt") in step_states(), timeout=30, what="in-doubt marking")
 
                 def parked():
                     with eng.connect() as c:
                         return c.execute(text("SELECT status, reason FROM runs WHERE id = :r"), {"r": run_id}).one()
-                _, reason = _wait(lambda: (row := parked())[0] == "waiting" and row, timeout=30, what="parking")
+                _, reason = wait_until(lambda: (row := parked())[0] == "waiting" and row, timeout=30, what="parking")
                 assert "in doubt" in reason
                 assert (target.calls("/diag1"), target.calls("/diag2"), target.calls("/remediate")) == (1, 1, 1)
 
@@ -131,7 +122,7 @@ def test_sigkill_mid_run_resumes_without_repeating_completed_or_in_flight_steps(
                     with eng.connect() as c:
                         return c.execute(text("SELECT status FROM runs WHERE id = :r"), {"r": run_id}).scalar_one() \
                             in ("succeeded", "failed")
-                _wait(finished, timeout=30, what="the run to finish")
+                wait_until(finished, timeout=30, what="the run to finish")
                 assert step_states()[-1] == ("after", 1, "succeeded")
                 assert [target.calls(p) for p in ("/diag1", "/diag2", "/remediate", "/after")] == [1, 1, 1, 1]
                 verify = subprocess.run([RUNBOT, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
@@ -12,6 +10,7 @@ from tests.support.alertmanager import AlertmanagerProcess, alertmanager_availab
 from tests.support.http_target import HttpTarget, Reply
 from tests.support.prometheus import prometheus_available
 from tests.support.prometheus_min import AlertingPrometheus
+from tests.support.waiting import wait_until
 
 from .conftest import HOOK_TOKEN, write_runbook
 from .server import RunbotServer
@@ -46,16 +45,6 @@ def metric(srv: RunbotServer, name: str) -> float:
     return total
 
 
-def wait_for(what: str, predicate, timeout: float = 40.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not (alertmanager_available() and prometheus_available()), reason="needs prometheus and alertmanager")
 def test_prometheus_alertmanager_runbot_fire_run_resolve(tmp_path, runbooks_dir):
@@ -75,8 +64,8 @@ def test_prometheus_alertmanager_runbot_fire_run_resolve(tmp_path, runbooks_dir)
                                   alertmanager=f"127.0.0.1:{am.port}", resend_delay="1s").start()  # fmt: skip
 
         # the rule fires; Alertmanager delivers (with the bearer token) again and again; one run, to completion
-        run = wait_for("a finished run", lambda: [r for r in srv.api("/api/v1/runs")["runs"] if r["status"] == "succeeded"])
-        wait_for("three deliveries", lambda: metric(srv, "runbot_alerts_received_total") >= 3)
+        run = wait_until(lambda: [r for r in srv.api("/api/v1/runs")["runs"] if r["status"] == "succeeded"], timeout=40, what="a finished run")
+        wait_until(lambda: metric(srv, "runbot_alerts_received_total") >= 3, timeout=40, what="three deliveries")
         assert metric(srv, "runbot_alerts_deduplicated_total") >= 2
         assert len(srv.api("/api/v1/runs")["runs"]) == 1
         detail = srv.api(f"/api/v1/runs/{run[0]['id']}")
@@ -89,7 +78,7 @@ def test_prometheus_alertmanager_runbot_fire_run_resolve(tmp_path, runbooks_dir)
 
         # the rule stops firing: Prometheus resolves, Alertmanager sends the resolved notification
         usage["value"] = 0.10
-        wait_for("the incident to resolve", lambda: srv.api("/api/v1/incidents")["incidents"][0]["status"] == "resolved")
+        wait_until(lambda: srv.api("/api/v1/incidents")["incidents"][0]["status"] == "resolved", timeout=40, what="the incident to resolve")
         [ours] = srv.api("/api/v1/alerts")["alerts"]
         assert ours["status"] == "resolved" and ours["ends_at"]
         assert len(srv.api("/api/v1/runs")["runs"]) == 1  # still exactly one run for the whole episode

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from runbot.adapters.alertmanager.silences import parse_silences
 from runbot.engine.state import STEPS
 from tests.support.alertmanager import AlertmanagerProcess, alertmanager_available
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 from .conftest import write_runbook
 from .samples import alert, payload
@@ -50,16 +49,6 @@ def test_only_active_silences_count_and_matchers_follow_alertmanager():
     assert not s.matches({"alertname": "ServiceDown", "instance": "web-1", "env": "dev"})
 
 
-def wait_for(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not alertmanager_available(), reason="prometheus-alertmanager is not installed")
 def test_a_remediation_waits_for_a_matching_silence_to_end(make_bot, runbooks_dir, tmp_path):
@@ -69,7 +58,7 @@ def test_a_remediation_waits_for_a_matching_silence_to_end(make_bot, runbooks_di
                                 created_by="alice")  # fmt: skip
         bot = make_bot(alertmanager_url=am.url, alertmanager_silence_recheck_seconds=0.5)
         bot.post(payload(alert("ServiceDown", instance="web-1"), alert("ServiceDown", instance="web-2")))
-        runs = wait_for(lambda: {r["alert"]["labels"]["instance"]: r for r in bot.runs()} if len(bot.runs()) == 2 else None)
+        runs = wait_until(lambda: {r["alert"]["labels"]["instance"]: r for r in bot.runs()} if len(bot.runs()) == 2 else None, timeout=15)
         held = bot.wait_run(runs["web-1"]["id"], "waiting")
         assert held["reason"].startswith(f"held: the alert is silenced in Alertmanager (silence {sid} by alice")
         assert "kernel patching" in held["reason"]
@@ -87,12 +76,12 @@ def test_when_alertmanager_cannot_be_asked_the_policy_decides(make_bot, runbooks
     nowhere = f"http://127.0.0.1:{free_port()}"
     bot = make_bot(alertmanager_url=nowhere, alertmanager_silence_timeout=0.5)
     bot.post(payload(alert("ServiceDown", instance="web-1")))
-    [run] = wait_for(lambda: bot.runs())
+    [run] = wait_until(lambda: bot.runs(), timeout=15)
     assert bot.wait_run(run["id"], "succeeded")["status"] == "succeeded"  # default: proceed (and log it)
     bot.stop()
     careful = make_bot(alertmanager_url=nowhere, alertmanager_silence_timeout=0.5,
                        alertmanager_silence_on_error="hold", data_dir=tmp_path / "careful")  # fmt: skip
     careful.post(payload(alert("ServiceDown", instance="web-9")))
-    [run] = wait_for(lambda: careful.runs())
+    [run] = wait_until(lambda: careful.runs(), timeout=15)
     held = careful.wait_run(run["id"], "waiting")
     assert held["reason"].startswith("held: could not ask Alertmanager about silences (ConnectError)")
