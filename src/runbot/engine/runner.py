@@ -48,6 +48,7 @@ from runbot.runbooks.templating import (
     TemplateFailure,
     mask_placeholders,
     render,
+    render_async,
     resolve_secrets,
     secret_refs,
     truthy,
@@ -443,7 +444,7 @@ class Engine(ControlMixin):
         # first time here
         if step.when is not None and verify_of is None:
             try:
-                go = truthy(render(step.when, R.scope)) if isinstance(step.when, str) else bool(step.when)
+                go = truthy(await render_async(step.when, R.scope)) if isinstance(step.when, str) else bool(step.when)
             except TemplateFailure as exc:
                 return self._fail_before_start(R, step, f"`when` could not be evaluated: {exc}")
             if not go:
@@ -484,7 +485,7 @@ class Engine(ControlMixin):
         except UnknownStepType:
             return self._fail_before_start(R, step, f"unknown step type {step.type!r}", attempt)
         try:
-            rendered = render(step.with_, R.scope)
+            rendered = await render_async(step.with_, R.scope)
         except TemplateFailure as exc:
             return self._fail_before_start(R, step, f"template error in `with`: {exc}", attempt)
         refs = secret_refs(rendered) if rendered else []
