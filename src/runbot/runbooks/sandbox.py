@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import nodes
 from jinja2.runtime import Context
@@ -183,9 +183,9 @@ def _check_binop(b: Budget, operator: str, left: Any, right: Any) -> None:
         if size is not None and isinstance(n, int) and not isinstance(n, bool):
             b.size(size * max(n, 0), "a repeated string or list")
     elif operator == "**":
-        if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
-            if right * max(abs(left).bit_length(), 1) > b.limits.exponent_bits:
-                raise TemplateBudgetExceeded(f"{left} ** {right} is too large a number; {_HINT}")
+        big = isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0
+        if big and right * max(abs(left).bit_length(), 1) > b.limits.exponent_bits:
+            raise TemplateBudgetExceeded(f"{left} ** {right} is too large a number; {_HINT}")
     elif operator == "+":
         ls, rs = _length(left), _length(right)
         if ls is not None and rs is not None:
@@ -311,10 +311,10 @@ class _Bounder(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.depth += 1
-        node = self.generic_visit(node)
+        loop = cast(nodes.For, self.generic_visit(node))
         self.depth -= 1
-        node.iter = _call("bounded_iter", [node.iter], node.lineno)
-        return node
+        loop.iter = _call("bounded_iter", [cast(nodes.Expr, loop.iter)], loop.lineno)
+        return loop
 
     def visit_Macro(self, node: nodes.Macro) -> nodes.Node:
         self.depth += 1
@@ -325,8 +325,8 @@ class _Bounder(NodeTransformer):
     visit_CallBlock = visit_Macro
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
-        return _call("bounded_concat", list(node.nodes), node.lineno)
+        concat = cast(nodes.Concat, self.generic_visit(node))
+        return _call("bounded_concat", list(concat.nodes), concat.lineno)
 
     def visit_TemplateData(self, node: nodes.TemplateData) -> nodes.Node:
         if not self.depth:
@@ -364,7 +364,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _check_binop(b, operator, left, right)
         return super().call_binop(context, operator, left, right)
 
-    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         b = current()
         b.tick()
         _check_call(b, __obj, args, kwargs)

@@ -7,7 +7,6 @@ the last moment before a plugin runs and registers them with the run's redactor.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import hashlib
@@ -116,13 +115,17 @@ def render(value: Any, scope: Mapping[str, Any], limits: TemplateLimits = DEFAUL
         return _render(value, scope)
 
 
-async def render_async(value: Any, scope: Mapping[str, Any]) -> Any:
+async def render_async(value: Any, scope: Mapping[str, Any], inline: TemplateLimits = INLINE_LIMITS,
+                       full: TemplateLimits = DEFAULT_LIMITS) -> Any:
     """For the engine's event loop: render inline with a small time budget, and only a template that needs
-    more time is rendered again in a worker thread (with the full budget), so it never blocks other runs."""
+    more time is rendered again in a render process (runbooks/render_pool.py, with the full budget), so it
+    blocks neither the loop nor, through the GIL, the web server."""
     try:
-        return render(value, scope, INLINE_LIMITS)
+        return render(value, scope, inline)
     except TemplateTimeout:
-        return await asyncio.to_thread(render, value, scope, DEFAULT_LIMITS)
+        from runbot.runbooks.render_pool import POOL
+
+        return await POOL.render(value, scope, full)
 
 
 def _render(value: Any, scope: Mapping[str, Any]) -> Any:
