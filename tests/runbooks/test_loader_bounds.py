@@ -127,17 +127,19 @@ def test_a_file_named_on_the_command_line_is_read_even_through_a_link(tmp_path: 
 def test_a_template_bomb_is_loaded_but_fails_only_its_own_step_at_run_time(make_runtime, runbooks_dir: Path) -> None:
     from tests.engine.helpers import drive, start, steps
 
+    # lint cannot see this one coming: it costs nothing until an alert brings a long label
     write_runbook(runbooks_dir, "bomb", """
         version: 1
         name: bomb
         steps:
           - id: boom
             type: log
-            with: {message: "{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}"}
+            with: {message: "{% for a in alert.labels.long %}{% for b in alert.labels.long %}{% endfor %}{% endfor %}"}
     """)
     write_runbook(runbooks_dir, "good", GOOD.format(name="good", message="{{ run.id }}"))
     rt = make_runtime()
-    bomb = start(rt, "bomb", manual=True)
+    assert rt.catalog.problems == []
+    bomb = start(rt, "bomb", manual=True, alert={"labels": {"long": "x" * 10_000}})
     good = start(rt, "good", manual=True)
     assert drive(rt, bomb).value == "failed"
     assert "more than 100,000 iterations" in steps(rt, bomb)[0]["error"]
@@ -189,3 +191,30 @@ def test_a_plugin_whose_lint_crashes_breaks_only_that_runbook(runbooks_dir: Path
     books, problems = load_dir(runbooks_dir, registry)
     assert [b.name for b in books] == ["good"]
     assert "runbot bug" in problems[0].message and "crashy.yaml" in problems[0].file
+
+
+def test_lint_names_a_template_bomb(runbooks_dir: Path, registry: StepRegistry) -> None:
+    write_runbook(runbooks_dir, "bomb", """
+        version: 1
+        name: bomb
+        steps:
+          - id: loops
+            type: log
+            with: {message: "{% for a in range(10000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}"}
+          - id: grows
+            type: log
+            with: {message: "{{ 'x' * 1000000000 }}"}
+          - id: recurses
+            type: log
+            with: {message: "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}"}
+          - id: fine
+            type: log
+            with: {message: "{% for k in alert.labels %}{{ k }}{% endfor %} {{ alert.labels.instance * 3 }}"}
+    """)
+    started = time.monotonic()
+    found = problems_of(runbooks_dir, registry)["bomb.yaml"]
+    assert time.monotonic() - started < 5.0
+    assert len(found) == 3, found
+    assert "steps[0].with.message" in found[0] and "100,000 iterations" in found[0]
+    assert "steps[1].with.message" in found[1] and "1,000,000,000 characters" in found[1]
+    assert "steps[2].with.message" in found[2] and "longer than" in found[2]

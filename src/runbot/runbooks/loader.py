@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from runbot.runbooks.match import MatcherError, parse_matcher
 from runbot.runbooks.model import Runbook, StepSpec
-from runbot.runbooks.templating import SCOPE_NAMES, TemplateFailure, analyze, iter_strings
+from runbot.runbooks.templating import SCOPE_NAMES, TemplateFailure, analyze, iter_strings, trial_budget_problem
 
 if TYPE_CHECKING:
     from runbot.steps.registry import StepRegistry
@@ -226,6 +226,9 @@ class _Linter:
             except TemplateFailure as exc:
                 self.add(full, str(exc))
                 continue
+            costly = trial_budget_problem(text)
+            if costly:
+                self.add(full, costly)
             for name in sorted(refs.names - SCOPE_NAMES):
                 self.add(full, f"unknown template variable {name!r} (known: {', '.join(sorted(SCOPE_NAMES))})")
             for p in sorted(refs.params - params):

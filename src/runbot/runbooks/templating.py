@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined, nodes
+from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from runbot.redaction import MASK, Redactor
@@ -240,6 +240,29 @@ def resolve_secrets(value: Any, fetch: Callable[[str], str], redactor: Redactor)
 
 
 # ---- static analysis for lint -------------------------------------------------------------------------
+
+LINT_LIMITS = DEFAULT_LIMITS.with_seconds(0.25)
+_TRIAL_ENV = BoundedSandbox(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=False)
+_TRIAL_ENV.globals = make_globals(secret_placeholder, _now)
+
+
+def trial_budget_problem(text: str) -> str | None:
+    """Lint's look at what a template costs: render it once with every variable undefined (loops over data
+    run zero times, so only what the template builds by itself counts); a template that exceeds its budget
+    even so is a bomb whatever the alert, and lint names it."""
+    if not isinstance(text, str) or ("{{" not in text and "{%" not in text):
+        return None
+    try:
+        with budget(LINT_LIMITS):
+            for _ in _TRIAL_ENV.from_string(text).generate():
+                pass
+    except TemplateBudgetExceeded as exc:
+        return str(exc)
+    except RecursionError:
+        return "the template recursed too deeply (a macro that calls itself?)"
+    except Exception:  # noqa: S110 - undefined values, type errors: the real data decides, not lint
+        pass
+    return None
 
 
 class TemplateRefs:

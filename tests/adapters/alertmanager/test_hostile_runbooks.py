@@ -20,7 +20,8 @@ steps:
   - {id: one, type: log, with: {message: "{{ alert.labels.instance }}"}}
   - {id: two, type: log, with: {message: "two"}}
 """
-# a template that runs until its time budget (2 s) stops it: the worst a runbook author can do
+# A template that runs until its time budget (2 s) stops it: the worst a runbook author can do. Its cost
+# depends on the alert (a `depth` label), so lint's trial render cannot see it coming.
 BOMB = """
 version: 1
 name: bomb
@@ -29,7 +30,7 @@ steps:
   - id: boom
     type: log
     with:
-      message: "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}"
+      message: "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(alert.labels.depth|int) }}"
 """
 SHADOW_LINE = "root:$y$j9T$CANARYHASHVALUE:19000:0:99999:7:::"
 
@@ -48,7 +49,7 @@ def ack_times(bot, n: int, name: str) -> list[float]:
     out = []
     for i in range(n):
         started = time.monotonic()
-        r = bot.post(payload(alert(name, instance=f"{name}-{i}-{time.monotonic_ns()}")))
+        r = bot.post(payload(alert(name, instance=f"{name}-{i}-{time.monotonic_ns()}", depth="40")))
         out.append(time.monotonic() - started)
         assert r.status_code == 200, r.text
     return out
