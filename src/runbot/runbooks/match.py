@@ -1,16 +1,20 @@
-"""Alertmanager-style label matchers: `=`, `!=`, `=~`, `!~`, regexes fully anchored as Alertmanager does."""
+"""Alertmanager-style label matchers: `=`, `!=`, `=~`, `!~`, regexes in RE2, fully anchored as Alertmanager does.
+
+Parsing (`match:` entries, with Alertmanager's own grammar) lives in runbooks/matchers.py; regex
+compilation in runbooks/regex.py.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from runbot.runbooks.regex import RegexError, compile_anchored
+
+if TYPE_CHECKING:
+    import re2
 
 Op = Literal["=", "!=", "=~", "!~"]
-_MATCHER = re.compile(
-    r"""^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^"'\s].*?)\s*$"""
-)
 
 
 class MatcherError(ValueError):
@@ -23,10 +27,14 @@ class Matcher:
     op: Op
     value: str
 
-    @cached_property
-    def regex(self) -> re.Pattern[str] | None:
+    @property
+    def regex(self) -> re2._Regexp | None:
+        """The compiled `^(?:value)$` (cached by value); raises MatcherError when RE2 refuses it."""
         if self.op in ("=~", "!~"):
-            return re.compile(f"^(?:{self.value})$", re.DOTALL)
+            try:
+                return compile_anchored(self.value)
+            except RegexError as exc:
+                raise MatcherError(f"invalid regex {self.value!r}: {exc}") from None
         return None
 
     def matches(self, labels: dict[str, str]) -> bool:
@@ -36,31 +44,28 @@ class Matcher:
             return actual == self.value
         if self.op == "!=":
             return actual != self.value
-        assert self.regex is not None
-        hit = self.regex.match(actual) is not None
+        regex = self.regex
+        assert regex is not None
+        hit = regex.match(actual) is not None
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
         return f'{self.name}{self.op}"{self.value}"'
 
 
+def parse_entry(text: str) -> list[Matcher]:
+    """One `match:` entry (one matcher, or a comma-separated list, optionally in braces)."""
+    from runbot.runbooks.matchers import parse_entry as parse
+
+    return parse(text)
+
+
 def parse_matcher(text: str) -> Matcher:
-    m = _MATCHER.match(text)
-    if not m:
-        raise MatcherError(f'invalid matcher {text!r}: expected label op "value" with op one of = != =~ !~')
-    raw = m.group("value")
-    if raw[:1] in ('"', "'"):
-        value = bytes(raw[1:-1], "utf-8").decode("unicode_escape") if "\\" in raw else raw[1:-1]
-    else:
-        value = raw
-    op: Op = m.group("op")  # type: ignore[assignment]
-    matcher = Matcher(m.group("name"), op, value)
-    if matcher.op in ("=~", "!~"):
-        try:
-            _ = matcher.regex
-        except re.error as exc:
-            raise MatcherError(f"invalid regex {value!r} in matcher {text!r}: {exc}") from exc
-    return matcher
+    """Exactly one matcher (raises MatcherError otherwise)."""
+    found = parse_entry(text)
+    if len(found) != 1:
+        raise MatcherError(f"expected one matcher in {text!r}, found {len(found)}")
+    return found[0]
 
 
 def explain(matchers: list[Matcher], labels: dict[str, str]) -> list[str]:

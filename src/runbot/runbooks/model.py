@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from runbot.durations import Duration
-from runbot.runbooks.match import Matcher, parse_matcher
+from runbot.runbooks.match import Matcher, parse_entry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -159,7 +159,7 @@ class Runbook(Strict):
 
     def matchers(self) -> list[Matcher]:
         if self._matchers is None:  # parsed once per loaded version: matching runs for every alert
-            self._matchers = [parse_matcher(m) for m in self.match]
+            self._matchers = [one for entry in self.match for one in parse_entry(entry)]
         return self._matchers
 
     def step(self, step_id: str) -> StepSpec | None:
