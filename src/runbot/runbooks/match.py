@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from runbot.runbooks.regex import RegexError, compile_anchored
 
 if TYPE_CHECKING:
-    import re2
+    from runbot.runbooks.regex import AnchoredRegex
 
 Op = Literal["=", "!=", "=~", "!~"]
 
@@ -28,26 +28,31 @@ class Matcher:
     value: str
 
     @property
-    def regex(self) -> re2._Regexp | None:
-        """The compiled `^(?:value)$` (cached by value); raises MatcherError when RE2 refuses it."""
-        if self.op in ("=~", "!~"):
+    def regex(self) -> AnchoredRegex | None:
+        """The compiled `^(?:value)$`, compiled on first use (a silence from Alertmanager may hold a regex RE2
+        refuses: that raises MatcherError when it is evaluated, not when it is read)."""
+        if self.op not in ("=~", "!~"):
+            return None
+        compiled: AnchoredRegex | None = self.__dict__.get("_regex")
+        if compiled is None:
             try:
-                return compile_anchored(self.value)
+                compiled = compile_anchored(self.value)
             except RegexError as exc:
                 raise MatcherError(f"invalid regex {self.value!r}: {exc}") from None
-        return None
+            object.__setattr__(self, "_regex", compiled)  # a cache, not state: equality ignores it
+        return compiled
 
     def matches(self, labels: dict[str, str]) -> bool:
         # Alertmanager treats a missing label as the empty string.
         actual = labels.get(self.name, "")
-        if self.op == "=":
+        op = self.op
+        if op == "=":
             return actual == self.value
-        if self.op == "!=":
+        if op == "!=":
             return actual != self.value
-        regex = self.regex
+        regex = self.__dict__.get("_regex") or self.regex
         assert regex is not None
-        hit = regex.match(actual) is not None
-        return hit if self.op == "=~" else not hit
+        return regex.matches(actual) is (op == "=~")
 
     def __str__(self) -> str:
         return f'{self.name}{self.op}"{self.value}"'
