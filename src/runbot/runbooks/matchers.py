@@ -74,7 +74,7 @@ def _split_classic(s: str) -> list[tuple[int, str]]:
         s = s[:-1]
     inside, escaped = False, False
     tokens: list[tuple[int, str]] = []
-    start, buf = 0, []
+    start, buf = 0, list[str]()
     for i, r in enumerate(s):
         if r == ",":
             if not inside:
@@ -133,7 +133,7 @@ def _classic_one(s: str, base: int) -> Matcher:
     op: Op | None = None
     for cand in ("=~", "=", "!=", "!~"):
         if s.startswith(cand, i):
-            op = cand  # type: ignore[assignment]
+            op = cand
             break
     if op is None:
         raise EntryError(base + i + 1, f"bad matcher format {s!r}: expected an operator (= != =~ !~) after {name!r}")

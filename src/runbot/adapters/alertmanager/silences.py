@@ -132,7 +132,8 @@ class SilenceCheck:
                 return hit[1]
         try:
             with httpx.Client(transport=self.transport, timeout=self.timeout) as client:
-                resp = client.get(self.base + path, params=params, headers=self.headers)
+                query: Any = params or None  # httpx types its query parameters invariantly
+                resp = client.get(self.base + path, params=query, headers=self.headers)
         except httpx.TimeoutException:
             raise Unavailable(f"Alertmanager did not answer within {self.timeout:g}s") from None
         except httpx.HTTPError as exc:
