@@ -207,3 +207,18 @@ def _state(labels: dict[str, str]) -> Any:
         scope: ClassVar[dict[str, Any]] = {"alert": {"labels": labels}}
 
     return _R()
+
+
+def test_a_hold_check_that_raises_holds_the_step_instead_of_an_engine_error_loop(make_runtime, runbooks_dir):
+    write_runbook(runbooks_dir, "restart", UNATTENDED)
+    rt = make_runtime()
+
+    def broken(R: Any, step: Any) -> None:
+        raise ValueError("boom")
+
+    rt.engine.hold_checks.append(broken)
+    run_id = start(rt, "restart-service", alert={"labels": {"alertname": "ServiceDown", "instance": "web-1"}})
+    assert drive(rt, run_id, max_wait=0.2) is RunStatus.WAITING
+    assert run_row(rt, run_id)["reason"].startswith("held: the hold check function failed (ValueError)")
+    rt.engine.hold_checks.remove(broken)
+    assert drive(rt, run_id) is RunStatus.SUCCEEDED
