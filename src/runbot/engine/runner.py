@@ -27,7 +27,7 @@ from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
 from runbot.engine import pgcommit
 from runbot.engine.control import ControlMixin
-from runbot.engine.guards import Hold, remediation_hold
+from runbot.engine.guards import HOLD_RECHECK_SECONDS, Hold, remediation_hold
 from runbot.engine.ports import SecretError, SecretProvider
 from runbot.engine.state import (
     APPROVALS,
@@ -676,7 +676,12 @@ class Engine(ControlMixin):
         if hold is not None:
             return hold
         for check in self.hold_checks:
-            h = check(R, step)
+            try:
+                h = check(R, step)
+            except Exception as exc:  # a broken check holds the step (with why), never wedges the run
+                log.error("hold check failed", run_id=R.id, step_id=step.sid, error=repr(exc))
+                h = Hold(f"held: the hold check {type(check).__name__} failed ({type(exc).__name__}); "
+                         "the step waits and is re-checked", plus(utcnow(), HOLD_RECHECK_SECONDS))  # fmt: skip
             if h is not None:
                 return h
         return None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from runbot.runbooks.match import MatcherError, parse_matcher
+from runbot.runbooks.matchers import lint_entry
 from runbot.runbooks.model import Runbook, StepSpec
 from runbot.runbooks.templating import SCOPE_NAMES, TemplateFailure, analyze, iter_strings, trial_budget_problem
 
@@ -45,6 +45,7 @@ class LoadedRunbook:
     source: str
     version_hash: str
     lines: dict[Path_, int] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -98,6 +99,7 @@ class _Linter:
         self.lines = lines
         self.registry = registry
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # reported by `runbot lint`, never block loading
 
     def line_for(self, path: Path_) -> int | None:
         p = tuple(path)
@@ -132,12 +134,12 @@ class _Linter:
         except ValidationError as exc:
             self.pydantic_errors(exc)
         for i, m in enumerate(raw.get("match") or []):
-            if not isinstance(m, str):
-                continue
-            try:
-                parse_matcher(m)
-            except MatcherError as exc:
-                self.add(("match", i), str(exc))
+            if isinstance(m, str):  # read as Alertmanager reads a route's `matchers:` entry (runbooks/matchers.py)
+                linted = lint_entry(m)
+                if linted.error is not None:
+                    self.add(("match", i), str(linted.error))
+                for w in linted.warnings:
+                    self.warnings.append(Problem(self.file, self.line_for(("match", i)), f"match[{i}]", w))
         params = set((raw.get("params") or {}).keys()) if isinstance(raw.get("params"), dict) else set()
         steps = spec.steps if spec else self._partial_steps(raw.get("steps"))
         if isinstance(raw.get("concurrency"), dict):
@@ -309,7 +311,7 @@ def parse_source(source: str, file: str, registry: StepRegistry | None) -> tuple
     spec = linter.check(raw)
     if spec is None or linter.problems:
         return None, sorted(linter.problems, key=lambda p: (p.line or 0, p.field))
-    return LoadedRunbook(spec, file, source, version_hash(source), linter.lines), []
+    return LoadedRunbook(spec, file, source, version_hash(source), linter.lines, linter.warnings), []
 
 
 def _refuse_file(path: Path, root: Path | None) -> str | None:
