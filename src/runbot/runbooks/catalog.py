@@ -71,7 +71,8 @@ class Catalog:
 
     def matching(self, labels: dict[str, Any]) -> list[LoadedRunbook]:
         labels = {k: str(v) for k, v in labels.items()}
-        return [b for b in self.all() if b.spec.match and all(m.matches(labels) for m in b.spec.matchers())]
+        # a runbook whose `match` holds no matcher at all (`match: ["{}"]`) matches nothing, as in intake
+        return [b for b in self.all() if (ms := b.spec.matchers()) and all(m.matches(labels) for m in ms)]
 
     def explain(self, labels: dict[str, Any]) -> list[tuple[LoadedRunbook, list[str]]]:
         labels = {k: str(v) for k, v in labels.items()}
