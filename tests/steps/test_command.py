@@ -337,8 +337,10 @@ def test_binary_output_is_base64_and_json_is_parsed(tmp_path: Path) -> None:
 
 def test_secrets_are_redacted_from_output_and_errors(tmp_path: Path, argv_printer: str) -> None:
     secret = "tok-9f8e7d6c"
+    allow = {"allow": True, "reason": "the test program reads argv only"}
     err = fails(
-        settings(), {"argv": [PY, argv_printer, secret], "expect_exit": [1]}, redactor=Redactor([secret])
+        settings(), {"argv": [PY, argv_printer, secret], "expect_exit": [1], "secret_in_argv": allow},
+        redactor=Redactor([secret]),
     )
     assert secret not in err.message and secret not in json.dumps(err.output)
     assert "****" in err.output["stdout"]
