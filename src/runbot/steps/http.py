@@ -399,7 +399,7 @@ class HttpRequest(Step[HttpRequestParams]):
                 )
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
             raise StepError(
-                red(f"{method} {display_url(params.url)}: invalid URL: {exc}"), retryable=False
+                red(f"{method} {display_url(red(params.url))}: invalid URL: {red(str(exc))}"), retryable=False
             ) from None
         shown = self._shown_url(params, ctx.redactor)
         if not url.scheme or not url.host:
@@ -508,8 +508,8 @@ class HttpRequest(Step[HttpRequestParams]):
         headers = httpx.Headers({"User-Agent": self.settings.http_user_agent, "Accept-Encoding": "identity"})
         if params.idempotency_header:
             headers[params.idempotency_header] = ctx.idempotency_key
-        if url.userinfo:
-            token = base64.b64encode(url.userinfo).decode("ascii")
+        if url.userinfo:  # RFC 7617: the decoded user and password, not their percent-encoded URL form
+            token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
             headers["Authorization"] = f"Basic {token}"
         for k, v in params.headers.items():
             headers[k] = v
@@ -554,13 +554,17 @@ class HttpRequest(Step[HttpRequestParams]):
         """One logical request: check, resolve, send to the checked address, follow redirects manually."""
         redirects: list[str] = []
         loop = asyncio.get_running_loop()
+
+        def shown(u: httpx.URL | str) -> str:  # a server-given URL: masked before display_url decodes it
+            return redactor.redact(display_url(redactor.redact(str(u))))
+
         while True:
             try:
                 target = self.policy.check_url(url)
                 addrs = await self.policy.resolve(target.host, target.port, timeout=deadline - loop.time())
             except PolicyError as exc:
                 if redirects:
-                    raise _Refused(f"redirect to {display_url(url)} refused: {exc}") from None
+                    raise _Refused(f"redirect to {shown(url)} refused: {exc}") from None
                 raise _Refused(f"refused by outbound policy: {exc}") from None
             captured = await self._send_pinned(
                 client, method, url, addrs, headers, content, cap + REDACTION_MARGIN, deadline
@@ -569,11 +573,11 @@ class HttpRequest(Step[HttpRequestParams]):
             if max_redirects < 0 or captured.status not in REDIRECT_STATUSES or not location:
                 return captured, redirects
             if len(redirects) >= max_redirects:
-                raise _Refused(f"more than {max_redirects} redirects (last to {display_url(location)})")
+                raise _Refused(f"more than {max_redirects} redirects (last to {shown(location)})")
             try:
                 nxt = url.join(location)
             except (httpx.InvalidURL, ValueError):
-                raise _Refused(f"invalid redirect location {one_line(location, 100)!r}") from None
+                raise _Refused(f"invalid redirect location {one_line(redactor.redact(location), 100)!r}") from None
             if (captured.status == 303 and method != "HEAD") or (
                 captured.status in (301, 302) and method == "POST"
             ):
@@ -583,11 +587,11 @@ class HttpRequest(Step[HttpRequestParams]):
             if (nxt.scheme, nxt.host, nxt.port) != (url.scheme, url.host, url.port):
                 if content is not None:  # 307/308 (or 301/302 after PUT, ...) would resend the body elsewhere
                     raise _Refused(
-                        f"HTTP {captured.status} redirect to another origin ({display_url(nxt)}) would resend "
+                        f"HTTP {captured.status} redirect to another origin ({shown(nxt)}) would resend "
                         "the request body there; refused (call that URL directly if it is meant)"
                     )
                 headers = _same_origin_only(headers, redactor)
-            redirects.append(display_url(nxt))
+            redirects.append(shown(nxt))
             url = nxt.copy_with(userinfo=b"") if nxt.userinfo else nxt
 
     async def _send_pinned(
@@ -691,7 +695,7 @@ class HttpRequest(Step[HttpRequestParams]):
         out = {
             "status": cap.status,
             "method": method,
-            "url": display_url(cap.url) if redirects else shown,
+            "url": redirects[-1] if redirects else shown,
             "headers": headers,
             "body": text,
             "body_encoding": encoding,
