@@ -490,7 +490,7 @@ class Command(Step[CommandParams]):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._pinned: dict[str, str] | None = None  # the allow-list's real files, pinned at first use
+        self._pinned: dict[str, str] = pin_allow_list(settings.command_allow)  # real files, as of start
 
     def idempotent(self, params: CommandParams) -> bool:
         return params.read_only
@@ -522,9 +522,9 @@ class Command(Step[CommandParams]):
             elif host is not None:
                 if exe not in self.settings.command_ssh_allow:
                     problems.append(("argv[0]", f"{exe} is not in RUNBOT_COMMAND_SSH_ALLOW"))
-            elif exe not in self.settings.command_allow:  # a literal entry is fine even if not on PATH here
-                try:
-                    resolve_executable(exe, self.settings.command_allow)
+            elif not (exe in self.settings.command_allow and _resolve(exe, _search_path()) is None):
+                try:  # (a literal entry is fine even if it is not on PATH here)
+                    resolve_executable(exe, self.settings.command_allow, pins=self._pins())
                 except CommandRefused as exc:
                     problems.append(("argv[0]", str(exc)))
         args = raw_params.get("args")
@@ -576,8 +576,11 @@ class Command(Step[CommandParams]):
         return problems
 
     def _pins(self) -> dict[str, str]:
-        if self._pinned is None:
-            self._pinned = pin_allow_list(self.settings.command_allow)
+        """The allow-list's files as pinned when this step type was built (runbot's start); entries that
+        did not resolve then are pinned when first found."""
+        for entry in self.settings.command_allow:
+            if entry not in self._pinned:
+                self._pinned.update(pin_allow_list([entry]))
         return self._pinned
 
     async def run(self, params: CommandParams, ctx: StepContext) -> StepResult:
