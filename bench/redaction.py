@@ -71,7 +71,7 @@ def secrets(n: int, rng: random.Random) -> list[str]:
 
 
 def messages(n: int, values: list[str], rng: random.Random) -> list[str]:
-    words = "step restart nginx returned status ok upstream latency p99 seconds instance pod node".split()
+    words = ["step", "restart", "nginx", "returned", "status", "ok", "upstream", "latency", "p99", "seconds", "instance", "pod", "node"]
     out = []
     for i in range(n):
         line = " ".join(rng.choice(words) for _ in range(28))[:190]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 import threading
 import urllib.parse

@@ -566,7 +566,7 @@ class Command(Step[CommandParams]):
                 continue
             for i, item in enumerate(items):
                 if isinstance(item, str) and _is_template(item) and _SECRET_CALL.search(item):
-                    problems.append((f"{field}[{i}]", SECRET_IN_ARGV_ADVICE))
+                    problems.append((f"{field}[{i}]", ARGV_DELIVERY_ADVICE))
         env = raw_params.get("env")
         if isinstance(env, dict):
             for name in env:
@@ -660,7 +660,7 @@ class Command(Step[CommandParams]):
         for field, items in (("argv", params.argv), ("args", params.args)):
             for i, item in enumerate(items):
                 if ctx.redactor.contains_secret(item):
-                    raise StepError(f"{label}: refused: {field}[{i}] holds a secret; {SECRET_IN_ARGV_ADVICE}",
+                    raise StepError(f"{label}: refused: {field}[{i}] holds a secret; {ARGV_DELIVERY_ADVICE}",
                                     retryable=False)  # fmt: skip
 
     @staticmethod
@@ -781,7 +781,7 @@ def _last_line(cap: _Capture, red: Callable[[str], str]) -> str:
     return text.splitlines()[-1] if text else ""
 
 
-SECRET_IN_ARGV_ADVICE = (
+ARGV_DELIVERY_ADVICE = (
     "a secret in argv is readable by every local user (ps, /proc/PID/cmdline); deliver it with env: "
     "(e.g. env: {PGPASSWORD: \"{{ secret('kv/db#password') }}\"}) or stdin:, or set secret_in_argv: "
     "{allow: true, reason: \"...\"}"

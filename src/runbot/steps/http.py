@@ -735,9 +735,9 @@ def _same_origin_only(headers: httpx.Headers, redactor: Redactor) -> httpx.Heade
     kept = headers.copy()
     for name, value in headers.items():
         low = name.lower()
-        if low in _ORIGIN_BOUND_HEADERS or _SENSITIVE_HEADER.search(low) or redactor.contains_secret(value):
-            if low != "idempotency-key":
-                kept.pop(name, None)
+        credential = low in _ORIGIN_BOUND_HEADERS or _SENSITIVE_HEADER.search(low) is not None
+        if low != "idempotency-key" and (credential or redactor.contains_secret(value)):
+            kept.pop(name, None)
     return kept
 
 
