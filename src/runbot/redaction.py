@@ -47,7 +47,8 @@ TEXT, BASE64_CORE = 0, 1  # word kinds: a base64 core's match also masks the par
 
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
 _URL_CHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@/?#\[\]%"
-_PCT_RUN = re.compile(f"[{_URL_CHARS}]*%[0-9A-Fa-f]{{2}}[{_URL_CHARS}]*")
+_URL_RUN = re.compile(f"[{_URL_CHARS}]+")  # maximal runs only: linear, no backtracking over long text
+_PCT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _PCT_TOKEN = re.compile(r"%[0-9A-Fa-f]{2}|[^%]+|%")
 _TO_URLSAFE = str.maketrans("+/", "-_")
 
@@ -245,32 +246,41 @@ class _Scan:
                         b += 1  # padding carries no bits, but "****==" would still say "base64 here"
                 self.spans.append((a, b))
         if depth < WINDOW_DEPTH and "%" in text:
-            for m in _PCT_RUN.finditer(text):
-                self._percent(m.group(), m.start(), mapper, depth)
+            for m in _URL_RUN.finditer(text):
+                if "%" in m.group() and _PCT_ESCAPE.search(m.group()):
+                    self._percent(m.group(), m.start(), mapper, depth)
 
     def _percent(self, run: str, at: int, mapper: Mapper, depth: int) -> None:
-        """Decode one percent-encoded run (clients differ in what they escape, so no fixed form would do)."""
-        decoded = bytearray()
-        starts: list[int] = []
-        ends: list[int] = []
-        for tok in _PCT_TOKEN.finditer(run):
-            t = tok.group()
-            if len(t) == 3 and t[0] == "%":
-                decoded.append(int(t[1:], 16))
-                starts.append(tok.start())
-                ends.append(tok.end())
-            else:
-                decoded += t.encode("ascii")
-                starts.extend(range(tok.start(), tok.end()))
-                ends.extend(range(tok.start() + 1, tok.end() + 1))
+        """Decode one percent-encoded run (clients differ in what they escape, so no fixed form would do).
+
+        The map from decoded bytes back to characters of the run is built only if something matches.
+        """
+        view = urllib.parse.unquote_to_bytes(run)
+        offsets: list[tuple[list[int], list[int]]] = []
 
         def chars(p: int, q: int) -> Span:
+            if not offsets:
+                offsets.append(_percent_offsets(run))
+            starts, ends = offsets[0]
             return mapper(at + starts[p], at + ends[q - 1])
 
-        view = bytes(decoded)
         self.run(view.decode("latin-1"), chars, depth + 1)
         if b"+" in view:  # form encoding: '+' is a space
             self.run(view.replace(b"+", b" ").decode("latin-1"), chars, depth + 1)
+
+
+def _percent_offsets(run: str) -> tuple[list[int], list[int]]:
+    """For each byte unquote_to_bytes(run) yields: where in `run` it starts and ends."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for tok in _PCT_TOKEN.finditer(run):
+        if tok.end() - tok.start() == 3 and run[tok.start()] == "%":
+            starts.append(tok.start())
+            ends.append(tok.end())
+        else:
+            starts.extend(range(tok.start(), tok.end()))
+            ends.extend(range(tok.start() + 1, tok.end() + 1))
+    return starts, ends
 
 
 def _redact_with(automatons: tuple[Any, ...], text: str) -> str:
