@@ -605,3 +605,27 @@ def test_literal_options_and_operands_after_double_dash_are_not_refused(argv_pri
     assert json.loads(out["stdout"]) == ["--name=-x", "--", "-rf"]
     with pytest.raises(StepError, match=r"args\[0\]"):
         run_templated(s, {"argv": [PY, argv_printer], "args": ["{{ y }}"]}, {"argv": [PY, argv_printer], "args": ["-rf"]})
+
+
+def test_the_engine_refuses_an_alert_label_that_would_become_an_option(
+    make_runtime: Any, runbooks_dir: Path, argv_printer: str
+) -> None:
+    """End to end: the engine hands the raw `with:` to the step, so a hostile label is caught."""
+    from runbot.domain import RunStatus
+    from tests.conftest import write_runbook
+    from tests.engine.helpers import drive, start, steps
+
+    write_runbook(runbooks_dir, "find", f"""
+        name: find
+        steps:
+          - id: look
+            type: command
+            with: {{argv: ["{PY}", "{argv_printer}", "{{{{ alert.labels.path }}}}"], read_only: true}}
+        """)  # fmt: skip
+    rt = make_runtime(command_allow=[PY])
+    assert not rt.catalog.reload(), rt.catalog.problems
+    bad = start(rt, "find", alert={"labels": {"path": "-delete"}, "annotations": {}})
+    assert drive(rt, bad) is RunStatus.FAILED
+    assert "argv[2] = '-delete' comes from a template" in steps(rt, bad)[0]["error"]
+    good = start(rt, "find", alert={"labels": {"path": "/var/log"}, "annotations": {}})
+    assert drive(rt, good) is RunStatus.SUCCEEDED
