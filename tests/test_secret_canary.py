@@ -1,10 +1,15 @@
 """The canary: a runbook fetches known secrets and tries to leak them through every channel it has.
 
-A KV secret and a dynamic database password are pushed into step outputs, exception messages, log lines
-(the step logger, structlog and stdlib logging), an HTTP request echoed back by a local server, a failed
+A KV secret (three values: special characters, quotes and whitespace runs, a long token) and a dynamic
+database password are pushed into step outputs, exception messages, log lines (the step logger,
+structlog and stdlib logging), an HTTP request echoed back by a local server, a Basic-auth header runbot
+builds from the URL and the server echoes, a non-UTF-8 HTTP body and non-UTF-8 command output (stored
+as base64), a command line with a quoted, whitespace-laden argument and a long `--token=...`, a failed
 step's error output, the audit trail, Slack messages, the dry-run plan and audit exports. Afterwards every
-one of those, the database file (with its WAL) and the captured logs are scanned for the values and their
-URL, base64, JSON and HTML encodings: none may appear.
+one of those, the database file (with its WAL), a `pg_dump` of a PostgreSQL run, the captured logs, the
+fake Slack's call log and the postmortems (md, html, Slack upload) are scanned for the values, their URL,
+base64 (whole and at each of the 3 alignments inside a larger string), hex, JSON and HTML encodings, and
+every 12-character piece of them: none may appear.
 """
 
 from __future__ import annotations
