@@ -56,8 +56,10 @@ def _escape_match(m: re.Match[str]) -> str:
 def text(value: Any) -> Md:
     """`value` as inline Markdown text that renders as exactly those characters and nothing else."""
     s = _CONTROL.sub("", _LINE_BREAKS.sub(" ", _plain(value)))
-    s = _LEADING.sub(r"\1\\\2", _SPECIAL.sub(_escape_match, s))
-    return Md(_LEADING_DIGITS.sub(r"\1\\\2", s))
+    s = _LEADING_DIGITS.sub(r"\1\\\2", _LEADING.sub(r"\1\\\2", _SPECIAL.sub(_escape_match, s)))
+    if s[:1] in (" ", "\t"):  # indentation at a line start would make a code block; an entity is not indentation
+        s = f"&#{ord(s[0])};{s[1:]}"
+    return Md(s)
 
 
 def cell(value: Any) -> Md:
