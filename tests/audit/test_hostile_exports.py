@@ -15,7 +15,13 @@ import pytest
 from runbot.audit.export import CSV_COLUMNS, FORMULA_START, export_chunks
 from runbot.audit.records import ExportFilter
 from tests.support.chromium import chromium_binary
-from tests.support.hostile import FORMULAS, browse, commonmark_html, render_markdown_in_chromium, tell_hostile_story
+from tests.support.hostile import (
+    FORMULAS,
+    browse,
+    commonmark_html,
+    render_markdown_in_chromium,
+    tell_hostile_story,
+)
 
 needs_chromium = pytest.mark.skipif(chromium_binary() is None and not os.environ.get("CI"),
                                     reason="needs Chromium (apt-get install chromium)")  # fmt: skip

@@ -13,7 +13,14 @@ import pytest
 
 from runbot.postmortem import render_postmortem
 from tests.support.chromium import chromium_binary
-from tests.support.hostile import FENCE_BREAK, IMG, browse, commonmark_html, render_markdown_in_chromium, tell_hostile_story
+from tests.support.hostile import (
+    FENCE_BREAK,
+    IMG,
+    browse,
+    commonmark_html,
+    render_markdown_in_chromium,
+    tell_hostile_story,
+)
 
 pytestmark = pytest.mark.skipif(chromium_binary() is None and not os.environ.get("CI"),
                                 reason="needs Chromium (apt-get install chromium)")  # fmt: skip
