@@ -90,7 +90,7 @@ def test_verify_checks_a_saved_head_given_inline_or_as_a_file(cli, story, tmp_pa
 
 
 def test_rewritten_history_with_recomputed_hashes_verifies_alone_but_fails_against_the_saved_head(cli, story, tmp_path):
-    seq, digest, path = saved_head(story, tmp_path)
+    seq, _, path = saved_head(story, tmp_path)
     denied = next(r for r in records(story.rt) if r["action"] == "approval.denied")
     rewrite_history(story.rt, denied["seq"], actor="U024ALICE", outcome="approved")
     assert cli("audit", "verify")[0] == 0  # the attack works against the chain alone

@@ -91,7 +91,7 @@ def test_a_webhook_outside_the_outbound_policy_is_refused_at_start(story):
     rt = story.rt
     rt.settings.audit_head_publish_interval = 60.0
     rt.settings.audit_head_publish_webhook_url = "https://anchors.evil.example/collect"
-    with pytest.raises(ValueError, match="RUNBOT_AUDIT_HEAD_PUBLISH_WEBHOOK_URL: host anchors.evil.example:443 is not"):
+    with pytest.raises(ValueError, match=r"RUNBOT_AUDIT_HEAD_PUBLISH_WEBHOOK_URL: host anchors\.evil\.example:443 is not"):
         install(rt)
 
 
