@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +158,6 @@ def csv_row(v: dict[str, Any]) -> list[Any]:
 # read as a formula by Excel, LibreOffice and Google Sheets. Such a cell is prefixed with a single quote (the
 # spreadsheet's "this is text" mark) and quoted; every other cell is plain RFC 4180.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
-_FORMULA_CELL = re.compile(r'(?:^|,)"?[=+\-@\t\r\0]')  # a cell (quoted or not) of a line that starts like one
 
 
 def _csv_field(v: Any) -> str:
@@ -187,16 +185,16 @@ def _csv_fast(r: tuple[Any, ...], votes: dict[str, list[dict[str, Any]]], versio
             name, decision, who = decision_of(action, actor, outcome, d, time, votes)
             approvers = "; ".join(who)
     q = _csv_field
-    short = f"{actor}{name}{action}{inc}{run_id}{step_id}{rb}{rbv}{decision}{outcome}{prev}{h}"
-    slow = [seq, time, actor, actor_kind(actor), name, action, inc or "", run_id or "", step_id or "", rb or "",
-            rbv or "", ptxt, decision, approvers, outcome or "", dtxt, prev, h]  # fmt: skip
-    if '"' in short or "," in short or "\n" in short or "\r" in short or "\t" in short:  # rare: field by field
-        return csv_line(slow)
-    line = (f"{int(seq)},{time},{actor},{actor_kind(actor)},{name},{action},{inc or ''},{run_id or ''},"
+    # the fields written unquoted, each after a comma: a comma or quote inside any sends the row field by field,
+    # so here ",=" can only be a field that starts with "=" (the quoted ones are neutralised by _csv_field)
+    short = f",{actor},{name},{action},{inc},{run_id},{step_id},{rb},{rbv},{decision},{outcome},{prev},{h}"
+    if ('"' in short or "\n" in short or "\r" in short or "\t" in short or "\0" in short or short.count(",") != 12
+            or ",=" in short or ",+" in short or ",-" in short or ",@" in short):  # rare: field by field
+        return csv_line([seq, time, actor, actor_kind(actor), name, action, inc or "", run_id or "", step_id or "",
+                         rb or "", rbv or "", ptxt, decision, approvers, outcome or "", dtxt, prev, h])  # fmt: skip
+    return (f"{int(seq)},{time},{actor},{actor_kind(actor)},{name},{action},{inc or ''},{run_id or ''},"
             f"{step_id or ''},{rb or ''},{rbv or ''},{q(ptxt)},{decision},{q(approvers)},{outcome or ''},"
             f"{q(dtxt)},{prev},{h}\r\n")  # fmt: skip
-    # a cell that starts like a formula (or a false alarm inside a quoted field): neutralised field by field
-    return csv_line(slow) if _FORMULA_CELL.search(line) else line
 
 
 def csv_line(row: Iterable[Any]) -> str:
