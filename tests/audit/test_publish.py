@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from sqlalchemy import select
 
 from runbot.audit import anchor as A
@@ -40,6 +39,18 @@ def bots(tmp_path: Path, target: HttpTarget) -> Iterator[Bots]:
             yield b
         finally:
             b.stop_all()
+
+
+class Recorder:
+    """A structlog-shaped logger that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+
+    def info(self, event: str, **kw) -> None:
+        self.lines.append({"event": event, **kw})
+
+    warning = info
 
 
 def holds(rt, text: str) -> bool:
@@ -79,12 +90,12 @@ def test_the_log_line_is_an_anchor_and_a_failing_target_holds_up_no_other(story,
     rt = story.rt
     rt.settings.audit_head_publish_interval = 60.0
     rt.settings.audit_head_publish_slack_channel = "#ops"  # Slack is not configured in this runtime
-    publisher = HeadPublisher(rt)
-    with structlog.testing.capture_logs() as logs:
-        results = publisher.publish_once()
+    logs = Recorder()
+    results = HeadPublisher(rt, logger=logs).publish_once()
     assert results["log"] is None and "Slack is not configured" in str(results["slack"])
-    line = next(e for e in logs if e["event"].startswith("runbot audit head:"))
+    line = next(e for e in logs.lines if e["event"].startswith("runbot audit head:"))
     assert holds(rt, line["event"]) and line["seq"] == chain_head(rt.db)[0]
+    assert any(e["event"] == "audit head not published" and e["target"] == "slack" for e in logs.lines)
 
 
 def test_a_webhook_outside_the_outbound_policy_is_refused_at_start(story):

@@ -82,9 +82,10 @@ class HeadPublisher(WorkerThread):
 
     thread_name = "runbot-audit-head"
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, logger: Any = None) -> None:
         super().__init__()
         self.rt = rt
+        self.log = logger or log  # the log target writes here
         s = rt.settings
         assert s.audit_head_publish_interval is not None
         self.interval = s.audit_head_publish_interval
@@ -113,14 +114,14 @@ class HeadPublisher(WorkerThread):
                 results[target] = None
             except Exception as exc:  # one target's trouble never stops the others
                 results[target] = f"{type(exc).__name__}: {exc}"
-                log.warning("audit head not published", target=target, seq=seq, error=results[target])
+                self.log.warning("audit head not published", target=target, seq=seq, error=results[target])
         self.published += 1
         return results
 
     # ---- targets ---------------------------------------------------------------------------------------------
 
     def _to_log(self, pub: Publication) -> None:
-        log.info(pub.text, seq=pub.seq, hash=pub.hash, instance=pub.instance)
+        self.log.info(pub.text, seq=pub.seq, hash=pub.hash, instance=pub.instance)
 
     def _to_slack(self, pub: Publication) -> None:
         if not self.rt.engine.outbox_enabled:
