@@ -18,7 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from runbot.runbooks.matchers import lint_entry
 from runbot.runbooks.model import Runbook, StepSpec
-from runbot.runbooks.templating import SCOPE_NAMES, TemplateFailure, analyze, iter_strings, trial_budget_problem
+from runbot.runbooks.templating import (
+    SCOPE_NAMES,
+    TemplateFailure,
+    analyze,
+    iter_strings,
+    trial_budget_problem,
+)
 
 if TYPE_CHECKING:
     from runbot.steps.registry import StepRegistry
