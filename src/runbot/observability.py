@@ -127,7 +127,7 @@ class DbCollector(Collector):
                 incidents.add_metric([], conn.execute(select(func.count()).select_from(INCIDENTS)
                                                       .where(INCIDENTS.c.status == "open")).scalar_one())  # fmt: skip
                 waiting = deliveries.c.processed_at.is_(None)
-                n, oldest = conn.execute(select(func.coalesce(func.sum(deliveries.c.alerts), 0),
+                n, oldest = conn.execute(select(func.coalesce(func.sum(deliveries.c.alerts - deliveries.c.unpacked), 0),
                                                 func.min(deliveries.c.received_at)).where(waiting)).one()  # fmt: skip
                 backlog.add_metric(["unpack"], n)
                 backlog.add_metric(["match"], conn.execute(select(func.count()).select_from(alerts)
