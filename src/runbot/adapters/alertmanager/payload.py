@@ -165,6 +165,18 @@ def template_alert(status: str, labels: dict[str, Any] | None, annotations: dict
     return out
 
 
+LINKS = {"dashboard": "dashboardURL", "panel": "panelURL", "silence": "silenceURL", "image": "imageURL"}
+
+
+def alert_links(extras: dict[str, Any] | None, generator_url: str | None) -> dict[str, str]:
+    """An alert's links by name (`source`: its generatorURL; Grafana's `dashboard`, `panel`, `silence`, `image`),
+    for Slack, postmortems and the API: the URLs a responder clicks first."""
+    ex = extras or {}
+    out = {"source": generator_url} if generator_url else {}
+    out.update({name: ex[key] for name, key in LINKS.items() if isinstance(ex.get(key), str) and ex[key]})
+    return out
+
+
 def grafana_extras(alert: Any, org_id: int | None) -> dict[str, Any] | None:
     """A Grafana alert's extra fields worth keeping (set ones only), or None for a plain Alertmanager alert."""
     out: dict[str, Any] = {k: alert[k] for k in GRAFANA_ALERT_FIELDS if alert.get(k) not in (None, "", {})}

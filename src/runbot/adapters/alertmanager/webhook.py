@@ -1,5 +1,8 @@
 """POST /webhooks/alertmanager: authenticate, cap, validate, commit, answer. Nothing else on the request path.
 
+Grafana Alerting's webhook contact point posts the same way (`version: "1"`, detected from the body), to this
+path or to its alias /webhooks/grafana, with the same credentials.
+
 Responses (JSON):
   200 {"status": "ok", "alerts": n, "delivery": id}   committed (re-deliveries are fine: dedupe comes after)
   400 malformed JSON; 422 wrong shape or version (with "problems": [{field, message}])
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("runbot.webhook")
 PATH = "/webhooks/alertmanager"
+GRAFANA_PATH = "/webhooks/grafana"  # the same endpoint, under the name a Grafana contact point is given
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="runbot", Basic realm="runbot"'}
 NOT_CONFIGURED = ("webhook credentials are not configured: set RUNBOT_ALERTMANAGER_WEBHOOK_TOKEN (or "
                   "RUNBOT_ALERTMANAGER_ALLOW_UNAUTHENTICATED=true for a local demo)")  # fmt: skip
