@@ -41,7 +41,8 @@ def counts(db_url: str) -> tuple[int, int, int]:
     try:
         with db.read() as conn:
             alerts = conn.execute(select(func.count()).select_from(ALERTS)).scalar_one()
-            waiting = conn.execute(select(func.coalesce(func.sum(DELIVERIES.c.alerts), 0))
+            left = DELIVERIES.c.alerts - DELIVERIES.c.unpacked  # a delivery may be unpacked part way (slices)
+            waiting = conn.execute(select(func.coalesce(func.sum(left), 0))
                                    .where(DELIVERIES.c.processed_at.is_(None))).scalar_one()  # fmt: skip
             pending = conn.execute(select(func.count()).select_from(ALERTS).where(ALERTS.c.pending_since.is_not(None))).scalar_one()
             runs = conn.execute(select(func.count()).select_from(RUNS)).scalar_one()
