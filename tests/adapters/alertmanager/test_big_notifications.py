@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from runbot.adapters.alertmanager import queries
 from runbot.adapters.alertmanager import unpack as unpack_module
 from runbot.adapters.alertmanager.processor import wait_idle
 
-from .conftest import AUTH, DELIVERIES
+from .conftest import AUTH
 from .samples import alert, payload
 
 BIG = 36_000  # alerts in one legal notification (just under the default 4 MiB body cap)
@@ -33,8 +34,11 @@ def post_raw(bot, body: bytes):
 
 
 def delivery(bot, delivery_id: int) -> dict:
-    [row] = bot.rows(DELIVERIES, DELIVERIES.c.id == delivery_id)
-    return row
+    """The delivery as the API shows it (with `unpacked`, and the counts so far while it is in slices)."""
+    with bot.rt.db.read() as conn:
+        found = queries.delivery(conn, delivery_id)
+    assert found is not None
+    return found
 
 
 def test_a_big_notification_is_unpacked_slice_by_slice_and_resumes_after_a_crash(make_bot, monkeypatch):

@@ -30,6 +30,7 @@ from runbot.store.types import utcnow
 log = structlog.get_logger("runbot.intake")
 DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
 REJECTS = tables.WebhookReject.__table__  # type: ignore[attr-defined]
+PROGRESS = tables.WebhookDeliveryProgress.__table__  # type: ignore[attr-defined]
 _SQLITE_CHUNK = 500  # rows per statement (4 variables each)
 
 
@@ -62,9 +63,14 @@ def store_deliveries(conn: Connection | Raw, jobs: list[tuple[str | None, int, b
 
 def pending_alerts(conn: Connection) -> int:
     """Alerts accepted but not yet unpacked (the backlog)."""
-    d = DELIVERIES.c
-    left = func.coalesce(func.sum(d.alerts - d.unpacked), 0)  # a big delivery leaves it slice by slice
-    return int(conn.execute(select(left).where(d.processed_at.is_(None))).scalar() or 0)
+    return int(conn.execute(pending_alerts_query()).scalar() or 0)
+
+
+def pending_alerts_query() -> Any:
+    """SELECT of the backlog: alerts of deliveries not done, less the slices of big ones already unpacked."""
+    d, p = DELIVERIES.c, PROGRESS.c
+    left = func.coalesce(func.sum(d.alerts - func.coalesce(p.unpacked, 0)), 0)
+    return select(left).select_from(DELIVERIES.outerjoin(PROGRESS, p.delivery_id == d.id)).where(d.processed_at.is_(None))
 
 
 class Backlog:

@@ -15,7 +15,8 @@ ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
 THROTTLES = tables.AlertThrottle.__table__  # type: ignore[attr-defined]
 REJECTS = tables.WebhookReject.__table__  # type: ignore[attr-defined]
 DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
-DELIVERY_FIELDS = ("id", "received_at", "receiver", "alerts", "unpacked", "processed_at", "new", "duplicates", "error")
+DELIVERY_FIELDS = ("id", "received_at", "receiver", "alerts", "processed_at", "new", "duplicates", "error")
+PROGRESS = tables.WebhookDeliveryProgress.__table__  # type: ignore[attr-defined]
 MAX_LIMIT = 1000
 
 ALERT_FIELDS = ("id", "alertname", "status", "fingerprint", "starts_at", "ends_at", "labels", "annotations",
@@ -167,4 +168,9 @@ def delivery(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
         return None
     out = jsonable(row)
     out["state"] = "pending" if row["processed_at"] is None else ("failed" if row["error"] else "unpacked")
+    out["unpacked"] = row["alerts"] if out["state"] == "unpacked" else 0
+    if row["processed_at"] is None:  # a big one may be part way through (slices)
+        progress = conn.execute(select(PROGRESS).where(PROGRESS.c.delivery_id == delivery_id)).mappings().first()
+        if progress is not None:
+            out.update(unpacked=progress["unpacked"], new=progress["new"], duplicates=progress["duplicates"])
     return out

@@ -10,8 +10,8 @@ for matching.
 
 A notification is unpacked in slices of at most `max_alerts` alerts per transaction (a legal 4 MiB body holds
 some 36,000 alerts), so no transaction that other writers wait on grows with one sender's notification. The
-delivery row's `unpacked` count moves in the same transaction as its slice's alerts: a crash resumes at the
-next slice, and every acknowledged alert is stored exactly once. A body is parsed once per process, outside
+delivery's progress row (`webhook_delivery_progress`) moves in the same transaction as its slice's alerts:
+a crash resumes at the next slice, and every acknowledged alert is stored exactly once. A body is parsed once per process, outside
 any transaction (`Unpacker.prepare`), and kept until its last slice is in.
 """
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("runbot.intake")
 ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
 DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
+PROGRESS = tables.WebhookDeliveryProgress.__table__  # type: ignore[attr-defined]
 Key = tuple[str, str, str]  # (receiver, fingerprint, startsAt as stored)
 
 
@@ -212,6 +213,8 @@ class _Slice:
     declared: int  # the delivery's alert count (as the webhook counted them)
     start: int  # alerts already unpacked
     take: int  # alerts in this slice
+    new: int = 0  # what the earlier slices found
+    duplicates: int = 0
 
 
 @dataclass
@@ -223,16 +226,17 @@ class Unpacker:
     @staticmethod
     def _plan(conn: Connection, max_alerts: int) -> list[_Slice]:
         """The next slices, oldest delivery first, about `max_alerts` alerts in all (at least one delivery)."""
-        d = DELIVERIES.c
+        d, p = DELIVERIES.c, PROGRESS.c
         budget = max(1, max_alerts)
-        pending = select(d.id, d.alerts, d.unpacked).where(d.processed_at.is_(None)).order_by(d.id).limit(budget)
+        pending = (select(d.id, d.alerts, p.unpacked, p.new, p.duplicates)
+                   .select_from(DELIVERIES.outerjoin(PROGRESS, p.delivery_id == d.id))
+                   .where(d.processed_at.is_(None)).order_by(d.id).limit(budget))  # fmt: skip
         plan: list[_Slice] = []
-        for delivery_id, n, done in conn.execute(pending):
+        for delivery_id, n, done, new, dup in conn.execute(pending):
             if plan and budget <= 0:
                 break
-            left = max(0, n - (done or 0))
-            take = min(left, budget)
-            plan.append(_Slice(delivery_id, n, done or 0, take))
+            take = min(max(0, n - (done or 0)), budget)
+            plan.append(_Slice(delivery_id, n, done or 0, take, new or 0, dup or 0))
             budget -= take
         return plan
 
@@ -285,21 +289,28 @@ class Unpacker:
             out.duplicates += result.duplicates
             payload = self.parsed[p.delivery_id].payload
             total = min(p.declared, len(payload.alerts)) if payload is not None else p.declared
-            row = {"id": p.delivery_id, "at": now, "u": p.start + p.take, "new": result.new, "dup": result.duplicates}
+            row = {"id": p.delivery_id, "at": now, "u": p.start + p.take, "new": p.new + result.new,
+                   "dup": p.duplicates + result.duplicates}  # fmt: skip
             if p.start + p.take >= total:
                 done.append(row)
             else:
                 partial.append(row)
         raw = Raw(conn)
-        counts = "unpacked = :u, new = coalesce(new, 0) + :new, duplicates = coalesce(duplicates, 0) + :dup"
-        if partial:
-            raw.executemany(f"UPDATE webhook_deliveries SET {counts} WHERE id = :id", partial)  # noqa: S608
+        if partial:  # the delivery row (with its body) is not touched until its last slice
+            raw.executemany("INSERT INTO webhook_delivery_progress (delivery_id, unpacked, new, duplicates) "
+                            "VALUES (:id, :u, :new, :dup) ON CONFLICT (delivery_id) DO UPDATE SET "
+                            "unpacked = excluded.unpacked, new = excluded.new, duplicates = excluded.duplicates",
+                            partial)  # fmt: skip
         if done:  # the alerts are the record now; the outcome stays
-            raw.executemany(f"UPDATE webhook_deliveries SET {counts}, processed_at = :at, error = NULL, body = :body "  # noqa: S608
-                            "WHERE id = :id", [{**r, "body": b""} for r in done])  # fmt: skip
+            raw.executemany("UPDATE webhook_deliveries SET new = :new, duplicates = :dup, processed_at = :at, "
+                            "error = NULL, body = :body WHERE id = :id", [{**r, "body": b""} for r in done])  # fmt: skip
         if failed:  # accepted once, refused now: kept (with its body) for inspection
             raw.executemany("UPDATE webhook_deliveries SET processed_at = :at, new = 0, duplicates = 0, error = :err "
                             "WHERE id = :id", failed)  # fmt: skip
+        if any(p.start for p in plan):
+            ended = [{"id": r["id"]} for r in done + failed]
+            if ended:
+                raw.executemany("DELETE FROM webhook_delivery_progress WHERE delivery_id = :id", ended)
         for r in done:
             self.parsed.pop(r["id"], None)
         for r in failed:

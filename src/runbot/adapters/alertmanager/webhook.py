@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from runbot.adapters.alertmanager.auth import ANY_RECEIVER, Credential, authenticate, webhook_credentials
 from runbot.adapters.alertmanager.ingest import DeliveryWriter, store_reject
-from runbot.adapters.alertmanager.payload import PayloadError, check
+from runbot.adapters.alertmanager.payload import CHUNKED_ABOVE, PayloadError, check
 
 if TYPE_CHECKING:
     from runbot.app import Runtime
@@ -111,7 +111,8 @@ def webhook_endpoint(rt: Runtime, writer: DeliveryWriter) -> Callable[[Request],
             await keep(cred, 413, msg, big.head, big.size)
             return refuse(413, {"error": msg}, "too_large", started)
         try:
-            payload = check(body)
+            # a big body is checked in chunks on a worker thread, so the loop acknowledges others in between
+            payload = check(body) if len(body) <= CHUNKED_ABOVE else await run_in_threadpool(check, body)
         except PayloadError as exc:
             await keep(cred, exc.status, exc.message, body, len(body))
             log.warning("webhook payload refused", status=exc.status, error=exc.message)

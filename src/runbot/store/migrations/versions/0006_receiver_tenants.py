@@ -1,8 +1,8 @@
 """receivers are tenants, sliced unpacking, Grafana extras
 
 Alerts are keyed by (receiver, fingerprint, startsAt) instead of (fingerprint, startsAt), incidents carry
-the receiver they belong to, a delivery records how many of its alerts are unpacked (big notifications are
-unpacked in slices), and alerts keep the fields a Grafana contact point adds (links, values).
+the receiver they belong to, a big delivery's progress is recorded as it is unpacked (big notifications are
+unpacked in slices, in a table of its own), and alerts keep the fields a Grafana contact point adds (links, values).
 
 Revision ID: 0006
 Revises: 0005
@@ -50,13 +50,17 @@ def upgrade() -> None:
     # an existing incident belongs to the receiver of its alerts
     op.execute("UPDATE incidents SET receiver = coalesce((SELECT min(alerts.receiver) FROM alerts "
                "WHERE alerts.incident_id = incidents.id), '')")
-    with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('unpacked', sa.Integer(), nullable=False, server_default='0'))
+    op.create_table('webhook_delivery_progress',
+    sa.Column('delivery_id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('unpacked', sa.Integer(), nullable=False),
+    sa.Column('new', sa.Integer(), nullable=False),
+    sa.Column('duplicates', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('delivery_id')
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
-        batch_op.drop_column('unpacked')
+    op.drop_table('webhook_delivery_progress')
     with op.batch_alter_table('incidents', schema=None) as batch_op:
         batch_op.drop_column('receiver')
     with op.batch_alter_table('alerts', schema=None) as batch_op:
