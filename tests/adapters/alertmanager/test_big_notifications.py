@@ -10,6 +10,7 @@ import pytest
 
 from runbot.adapters.alertmanager import queries
 from runbot.adapters.alertmanager import unpack as unpack_module
+from runbot.adapters.alertmanager.payload import CHUNKED_ABOVE, PayloadError, check, parse
 from runbot.adapters.alertmanager.processor import wait_idle
 
 from .conftest import AUTH
@@ -126,3 +127,19 @@ def test_a_36000_alert_notification_does_not_delay_another_senders_acks(make_bot
     print(f"{backend}: {len(latencies)} acks while {done} of {BIG} alerts were unpacked in {seconds:.1f}s; "
           f"p99 {tail * 1000:.0f} ms, max {worst * 1000:.0f} ms")
     assert tail < 1.0, f"p99 of the other sender's acks: {tail:.3f}s"
+
+
+def test_a_big_body_is_checked_in_chunks_with_the_same_verdicts_and_field_names():
+    body = json.loads(big_body(3_000))
+    assert len(json.dumps(body)) > CHUNKED_ABOVE  # the chunked path
+    body["alerts"][2_600]["status"] = "weird"
+    body["alerts"][2_601]["startsAt"] = "nope"
+    with pytest.raises(PayloadError) as big:
+        check(json.dumps(body).encode())
+    small = {**body, "alerts": body["alerts"][2_600:2_602]}
+    with pytest.raises(PayloadError) as few:
+        check(json.dumps(small).encode())
+    assert [p["field"] for p in big.value.problems] == ["alerts[2600].status", "alerts[2601].startsAt"]
+    assert [p["message"] for p in big.value.problems] == [p["message"] for p in few.value.problems]
+    assert [p["field"] for p in few.value.problems] == ["alerts[0].status", "alerts[1].startsAt"]
+    assert len(parse(big_body(3_000)).alerts) == 3_000

@@ -280,8 +280,8 @@ def _validate_big(body: bytes) -> Any:
             alerts += _ALERTS.validate_python(raw[start:start + CHUNK])
         except ValidationError as exc:
             raise _refusal(exc, body, offset=start) from None
-    data["alerts"] = alerts
-    return _checked(data)
+    whole: _PayloadWire = {**data, "alerts": alerts}
+    return _checked(whole)
 
 
 def _refusal(exc: ValidationError, body: bytes, offset: int | None = None) -> PayloadError:
