@@ -13,6 +13,10 @@ The `receiver` field is unquoted on the way in: Alertmanager fills it with `rege
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NotRequired
@@ -110,6 +114,29 @@ _ALERTS = TypeAdapter(list[_AlertWire])
 # acknowledges other senders included, would stop for that long. Between chunks the GIL changes hands.
 CHUNKED_ABOVE = 256 * 1024
 CHUNK = 500
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # bodies being decoded right now
+_gc_resume = True  # whether the collector was on when the first of them began
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while a big body is decoded: its ~1M new objects (no cycles among them) would
+    trigger full collections that walk the whole heap, each 0.4-0.6 s with the GIL held (measured), one after
+    the other. Nested and concurrent users share one pause; the collector resumes when the last one ends."""
+    global _gc_pausers, _gc_resume
+    with _gc_lock:
+        _gc_pausers += 1
+        if _gc_pausers == 1:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_resume:
+                gc.enable()
 
 
 def _zero_to_none(v: datetime | None) -> datetime | None:
@@ -233,13 +260,24 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 
 def check(body: bytes) -> Accepted:
     """Validate a webhook body without building alerts; raise PayloadError (400 malformed JSON, 422 shape)."""
-    data = _validate(body)
+    if len(body) > CHUNKED_ABOVE:
+        with _collector_paused():
+            data = _validate(body)
+    else:
+        data = _validate(body)
     return Accepted(unquote_meta(data["receiver"]), len(data["alerts"]), data["groupKey"],
                     data.get("truncatedAlerts", 0))  # fmt: skip
 
 
 def parse(body: bytes) -> WebhookPayload:
     """Validate a webhook body into typed alerts; the same checks as `check`, so what was accepted unpacks."""
+    if len(body) > CHUNKED_ABOVE:
+        with _collector_paused():
+            return _parse(body)
+    return _parse(body)
+
+
+def _parse(body: bytes) -> WebhookPayload:
     data = _validate(body)
     alerts = []
     grafana = str(data["version"]) == GRAFANA_VERSION
