@@ -225,7 +225,8 @@ class Unpacker:
 
     @staticmethod
     def _plan(conn: Connection, max_alerts: int) -> list[_Slice]:
-        """The next slices, oldest delivery first, about `max_alerts` alerts in all (at least one delivery)."""
+        """The next slices, oldest delivery first, at most `max_alerts` alerts in all: whole deliveries, or a
+        slice of the oldest one when it alone is bigger."""
         d, p = DELIVERIES.c, PROGRESS.c
         budget = max(1, max_alerts)
         pending = (select(d.id, d.alerts, p.unpacked, p.new, p.duplicates)
@@ -233,9 +234,10 @@ class Unpacker:
                    .where(d.processed_at.is_(None)).order_by(d.id).limit(budget))  # fmt: skip
         plan: list[_Slice] = []
         for delivery_id, n, done, new, dup in conn.execute(pending):
-            if plan and budget <= 0:
+            left = max(0, n - (done or 0))
+            if plan and left > budget:  # only the first delivery is ever cut: small ones are taken whole
                 break
-            take = min(max(0, n - (done or 0)), budget)
+            take = min(left, budget)
             plan.append(_Slice(delivery_id, n, done or 0, take, new or 0, dup or 0))
             budget -= take
         return plan
