@@ -288,6 +288,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-receiver credentials, e.g. {"prod": {"token": "..."}}; they only post as that receiver',
     )
+    alertmanager_receiver_runbooks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Runbooks each receiver may start, as globs, e.g. {"prod": ["api-*", "disk-*"], "*": []}; '
+        'a receiver not listed (and no "*" entry): all runbooks',
+    )
     alertmanager_allow_unauthenticated: bool = Field(
         default=False, description="Accept webhooks without credentials (local demos only)"
     )
