@@ -145,6 +145,7 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             rt.metrics.engine_up.set(1)
         for start in rt.background:
             start()
+        rt.catalog.log_broken()
         log.info("runbot started", version=__version__, runbooks=len(rt.catalog.all()),
                  database=rt.db.engine.url.render_as_string(hide_password=True))  # fmt: skip
         try:
