@@ -41,6 +41,7 @@ from runbot.engine.state import (
     new_id,
     plus,
 )
+from runbot.health import Heartbeat
 from runbot.redaction import REGISTRY
 from runbot.runbooks.loader import LoadedRunbook
 from runbot.runbooks.model import RetryPolicy, StepSpec
@@ -129,6 +130,7 @@ class Engine(ControlMixin):
         self.rehearsal: Any = None
         self.stats = {"steps": 0, "runs_finished": 0}
         self.peers: list[Engine] = []
+        self.heartbeat: Heartbeat = Heartbeat("engine")  # replaced by the supervisor's (runbot.engine_worker)
         db.relaxed_commits = settings.pg_async_commit_idempotent and not db.is_sqlite
 
     # ---- loop management --------------------------------------------------------------------------------
@@ -166,16 +168,28 @@ class Engine(ControlMixin):
         if ready is not None:
             ready.set()
         try:
+            failures = 0
             while not self._stopping:
+                self.heartbeat.busy()
                 self._wake_event.clear()
                 capacity = self.settings.engine_workers - len(tasks)
+                pause = self.settings.poll_interval
                 if capacity > 0:
-                    for run_id, fence in self._claim_due(capacity):
+                    try:
+                        claimed = self._claim_due(capacity)
+                        failures = 0
+                    except Exception as exc:  # database failover: runs in flight go on, claiming resumes later
+                        failures += 1
+                        claimed, pause = [], min(30.0, 0.25 * 2**min(failures, 7))
+                        log.warning("claiming runs failed; retrying", error=f"{type(exc).__name__}: {exc}",
+                                    retry_in=pause)  # fmt: skip
+                    for run_id, fence in claimed:
                         t = asyncio.create_task(self._advance_safely(run_id, fence))
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
+                self.heartbeat.idle()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.poll_interval)
+                    await asyncio.wait_for(self._wake_event.wait(), timeout=pause)
         finally:
             heartbeat.cancel()
             for t in list(tasks):
@@ -189,6 +203,10 @@ class Engine(ControlMixin):
     def stop(self) -> None:
         self._stopping = True
         self.wake()
+
+    def scheduler_running(self) -> bool:
+        """The loop's APScheduler (timer wake-ups) is running."""
+        return self._scheduler is not None and bool(self._scheduler.running)
 
     async def _heartbeat(self) -> None:
         while True:
