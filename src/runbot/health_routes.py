@@ -99,6 +99,10 @@ def install_health(rt: Runtime, app: FastAPI, engine_thread: EngineThread, run_e
     if rt.settings.debug_worker_hooks:
         log.warning("debug worker hooks are on (RUNBOT_DEBUG_WORKER_HOOKS); never in production")
 
+        @app.post("/debug/error")
+        def error() -> Response:
+            raise RuntimeError("deliberate server error (debug hook)")
+
         @app.post("/debug/workers/{name}/kill")
         def kill(name: str) -> Response:
             if not rt.health.kill(name):

@@ -13,15 +13,26 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from runbot.redaction import REGISTRY
+from runbot.tracing_ids import trace_hex
 
 
-def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: mask every registered secret in every string a log line carries."""
     for k, v in list(event_dict.items()):
         if isinstance(v, str):
             event_dict[k] = REGISTRY.redact(v)
         elif isinstance(v, dict | list | tuple):
             event_dict[k] = REGISTRY.redact(repr(v)) if v else v
+    return event_dict
+
+
+
+
+def add_trace_id(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A line naming a run also names its trace (derived from the run id: runbot.tracing_ids)."""
+    run_id = event_dict.get("run_id")
+    if isinstance(run_id, str) and run_id and "trace_id" not in event_dict:
+        event_dict["trace_id"] = trace_hex(run_id)
     return event_dict
 
 
@@ -43,7 +54,8 @@ def configure_logging(level: str = "INFO", fmt: str = "console", stream: Any = N
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _redact_processor,
+            add_trace_id,
+            redact_processor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -78,6 +90,28 @@ def install_stdlib_redaction() -> None:
 
     factory._runbot_redacts = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+
+
+events_log = structlog.get_logger("runbot.events")
+# what an operator following a run wants on the line; everything else stays in the audit trail
+_EVENT_DETAILS = ("attempt", "type", "duration_ms", "error", "reason", "retry_at", "until", "status",
+                  "decision", "required", "timeout", "escalation", "alerts", "receiver")  # fmt: skip
+
+
+def log_events(events: Any) -> None:
+    """One INFO line per audit event (run created, step started/finished, approval, held, in doubt, incident
+    resolved...), logged as the event is appended to the trail. Never raises."""
+    try:
+        for e in events:
+            details = e.details or {}
+            fields = {k: details[k] for k in _EVENT_DETAILS if details.get(k) is not None}
+            ids = {k: v for k, v in (("run_id", e.run_id), ("step_id", e.step_id), ("incident_id", e.incident_id),
+                                     ("runbook", e.runbook)) if v}  # fmt: skip
+            actor = {"actor": e.actor} if e.actor and e.actor != "system" else {}
+            outcome = {"outcome": e.outcome} if e.outcome else {}
+            events_log.info(e.action, **ids, **outcome, **actor, **fields)
+    except Exception:  # noqa: S110 - the log line must never fail a commit
+        pass
 
 
 class Metrics:

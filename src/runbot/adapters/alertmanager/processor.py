@@ -234,6 +234,8 @@ class IntakeProcessor(WorkerThread):
             self.rt.engine.wake()
         m = self.rt.metrics
         if report.unpacked.deliveries:
+            log.info("alerts received", deliveries=report.unpacked.deliveries, new=report.unpacked.new,
+                     deduplicated=report.unpacked.duplicates, runs=len(report.runs))  # fmt: skip
             self.backlog.take(report.unpacked.alerts)
             if report.unpacked.duplicates:
                 m.alerts_deduplicated.inc(report.unpacked.duplicates)
