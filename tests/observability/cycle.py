@@ -86,6 +86,7 @@ def start(tmp_path: Path, runbooks_dir: Path, **env: Any) -> tuple[RunbotServer,
 def run_cycle(srv: RunbotServer, fake: FakeSlack, target: HttpTarget) -> dict[str, Any]:
     """Alert, approval click, remediation, resolve; returns the run as the API shows it."""
     a = alert("CycleTest", instance="db-1", service="checkout")
+    fake.fail("chat.postMessage", status=429, times=1, retry_after=0.2)  # Slack's rate limit, once
     assert srv.post(payload(a)).status_code == 200
     approval = wait_until(lambda: next((m for m in fake.messages() if APPROVE_ACTION in str(m.blocks)), None),
                           timeout=30, what="the approval request in Slack")  # fmt: skip

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from runbot.tracing_ids import trace_hex
 
-from .cycle import CANARY, run_cycle, start
+from .cycle import CANARY
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,17 +25,8 @@ def parse(lines: list[str]) -> list[dict]:
     return out
 
 
-def test_serve_in_json_mode_logs_every_line_as_json_with_ids_and_no_secret(tmp_path, runbooks_dir):
-    srv, fake, target = start(tmp_path, runbooks_dir, log_format="json", log_level="INFO")
-    try:
-        with srv:
-            run = run_cycle(srv, fake, target)
-            assert httpx.post(srv.url + "/debug/error", timeout=10).status_code == 500
-    finally:
-        fake.stop()
-        target.stop()
-    text = srv.log_path.read_text()
-
+def test_serve_in_json_mode_logs_every_line_as_json_with_ids_and_no_secret(observed):
+    text, run = observed.log, observed.run
     assert CANARY not in text
     records = parse([line for line in text.splitlines() if line.strip()])
     events = {r["event"] for r in records if r.get("logger") != "uvicorn.access"}

@@ -42,6 +42,7 @@ from runbot.engine.state import (
     plus,
 )
 from runbot.health import Heartbeat
+from runbot.observability import observe_approval, observe_step
 from runbot.redaction import REGISTRY
 from runbot.runbooks.loader import LoadedRunbook
 from runbot.runbooks.model import RetryPolicy, StepSpec
@@ -490,6 +491,7 @@ class Engine(ControlMixin):
             events=[R.event("step.in_doubt", step_id=step.sid, outcome="in_doubt", attempt=rec["attempt"])],
             outbox=[("step.in_doubt", {"run_id": R.id, "step_id": step.sid, "message": msg})])  # fmt: skip
         rec.update(status=StepStatus.IN_DOUBT.value, error=msg)
+        observe_step(R.book.name, step.type, "in_doubt")
         return Parked(None, msg)
 
     # ---- one attempt ------------------------------------------------------------------------------------------
@@ -562,6 +564,7 @@ class Engine(ControlMixin):
         self.stats["steps"] += 1
         artifacts = [(a.name, a.content_type, a.data) for a in ctx.artifacts]
         if isinstance(result, Suspend):
+            observe_step(R.book.name, step.type, "waiting")
             return self._record_suspend(R, step, attempt, key, inputs, idempotent, started, result, resume)
         if result is not None:
             output = _jsonable(R.redactor.redact_obj(result.output))
@@ -574,6 +577,7 @@ class Engine(ControlMixin):
                                   ts=finished, summary=summary, duration_ms=_ms(started, finished)))  # fmt: skip
             self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                                fresh=resume is None and idempotent, topic="step.succeeded")  # fmt: skip
+            observe_step(R.book.name, step.type, "succeeded", (finished - started).total_seconds())
             return Done(output)
         # failure
         assert error is not None
@@ -588,6 +592,7 @@ class Engine(ControlMixin):
                               error=error, retry_at=retry_at.isoformat() if retry_at else None))  # fmt: skip
         self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                            fresh=resume is None and idempotent, topic="step.failed", timer=retry_at)  # fmt: skip
+        observe_step(R.book.name, step.type, "retrying" if retry_at else "failed", (finished - started).total_seconds())
         if retry_at is not None:
             return Parked(retry_at, f"step {step.sid} failed ({error}); retry at {retry_at:%H:%M:%S}")
         return Failed(error)
@@ -950,6 +955,8 @@ class Engine(ControlMixin):
             R.approvals[step.sid] = appr
             return Parked(appr["expires_at"], f"waiting for approval of {step.sid}")
         status = appr["status"]
+        if status in ("approved", "denied") and appr.get("decided_at") is not None:
+            self._observe_wait(R, appr, status)
         if status == "approved":
             return None
         if status == "denied":
@@ -994,10 +1001,24 @@ class Engine(ControlMixin):
         self._commit(R, extra=expire, events=[R.event("approval.expired", step_id=step.sid, outcome="expired",
                                                       approval_id=appr["id"], on_timeout=spec.on_timeout)])  # fmt: skip
         appr["status"] = "expired"
+        self._observe_wait(R, {**appr, "decided_at": now}, "expired")
         if spec.on_timeout == "skip":
             self._record_skip(R, step, "approval timed out")
             return Skipped("approval timed out")
         return Stopped(RunStatus.ABORTED, f"approval for {step.sid} timed out")
+
+
+    _waits_seen: set[str] = set()  # approval ids whose wait this process has observed (a retry sees it again)
+
+    def _observe_wait(self, R: RunState, appr: dict[str, Any], decision: str) -> None:
+        seen = Engine._waits_seen
+        if appr["id"] in seen:
+            return
+        if len(seen) > 10_000:
+            seen.clear()
+        seen.add(appr["id"])
+        with contextlib.suppress(Exception):  # a metric never fails a run
+            observe_approval(R.book.name, decision, (appr["decided_at"] - appr["requested_at"]).total_seconds())
 
 
 def verify_spec(step: StepSpec) -> StepSpec:
