@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runbot import __version__
+from runbot import __version__, tracing
 from runbot.adapters.slack.config import enabled as slack_enabled
 from runbot.engine.ports import SecretProvider
 from runbot.engine.runner import Engine
@@ -104,6 +104,7 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             rt.metrics.engine_up.set_function(lambda: float(engine_thread.alive() and not any(
                 p for n, p in rt.health.workers() if n.startswith("engine-"))))  # fmt: skip
         watch_background(rt)
+        tracer = tracing.install()  # off unless OTEL_* variables ask for traces
         for start in rt.background:
             start()
         log.info("runbot started", version=__version__, runbooks=len(rt.catalog.all()),
@@ -114,6 +115,7 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             rt.metrics.engine_up.set_function(lambda: 0.0)
             engine_thread.stop()
             rt.close()
+            tracer.shutdown()
 
     app = FastAPI(title="runbot", version=__version__, lifespan=lifespan)
     app.state.rt = rt

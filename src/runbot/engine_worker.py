@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -14,6 +15,10 @@ from runbot.health import Backoff, Health, Heartbeat, WorkerKilled
 log = structlog.get_logger("runbot.engine")
 
 ENGINE_STALL_SECONDS = 120.0
+
+
+def _scheduler_probe(engine: Engine, beat: Heartbeat) -> Callable[[], bool]:
+    return lambda: engine.scheduler_running() or not beat.started or beat.problem() is not None
 
 
 class EngineThread:
@@ -39,8 +44,7 @@ class EngineThread:
             beat = self.health.register(Heartbeat(f"engine-{i}", stall_after=ENGINE_STALL_SECONDS))
             eng.heartbeat = beat
             # the loop's timer scheduler; when the loop itself is down, that is the one problem reported
-            self.health.probe(f"scheduler-{i}", lambda e=eng, b=beat: e.scheduler_running() or not b.started
-                              or b.problem() is not None)  # fmt: skip
+            self.health.probe(f"scheduler-{i}", _scheduler_probe(eng, beat))
             ready = threading.Event()
             t = threading.Thread(
                 target=self._main, args=(eng, ready, beat), name=f"runbot-engine-{i}", daemon=True

@@ -5,6 +5,7 @@ captured for the tests to check."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support.prometheus import PrometheusProcess, prometheus_available
 
 from .cycle import run_cycle, start
@@ -53,13 +55,26 @@ class Observed:
     metrics: str
     run: dict[str, Any]
     answers: dict[str, list[Any]] = field(default_factory=dict)  # PromQL -> result (with Prometheus only)
+    spans: list[ReceivedSpan] = field(default_factory=list)  # what the OTLP receiver decoded
+    traceparents: dict[str, str | None] = field(default_factory=dict)  # target path -> traceparent it got
+    raw_spans: bytes = b""
 
 
-@pytest.fixture(scope="module")
+OTEL_ENV = {
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+    "OTEL_BSP_SCHEDULE_DELAY": "100",
+    "OTEL_SERVICE_NAME": "runbot",
+}
+
+
+@pytest.fixture(scope="session")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     root = tmp_path_factory.mktemp("observed")
     books = root / "runbooks"
     books.mkdir()
+    receiver = OtlpReceiver().start()
+    saved = {k: os.environ.get(k) for k in OTEL_ENV}
+    os.environ.update({**OTEL_ENV, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint})
     srv, fake, target = start(root, books, log_format="json", log_level="INFO")
     prom: ScrapingPrometheus | None = None
     try:
@@ -80,9 +95,24 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                     except RuntimeError:
                         answers[expr] = []
             metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+        traceparents = {p: target.last(p).header("traceparent") for p in ("/health", "/fix")}
     finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if prom is not None:
             prom.stop()
         fake.stop()
         target.stop()
-    yield Observed(srv.log_path.read_text(), metrics, run, answers)
+        receiver.stop()
+    yield Observed(
+        srv.log_path.read_text(),
+        metrics,
+        run,
+        answers,
+        list(receiver.spans),
+        traceparents,
+        b"".join(receiver.raw),
+    )

@@ -23,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
 
+from runbot import tracing
 from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
 from runbot.engine import pgcommit
@@ -540,13 +541,15 @@ class Engine(ControlMixin):
         error: str | None = None
         retryable = False
         result: StepResult | Suspend | None = None
+        span = tracing.TRACER.start_step(R.id, R.book.name, step.sid, step.type, attempt, started)
         err_output: dict[str, Any] = {}
         try:
             real = await asyncio.to_thread(resolve_secrets, rendered, self.secrets.fetch, R.redactor) \
                 if refs else rendered  # fmt: skip
             params = plugin.Params.model_validate(real)
             async with asyncio.timeout(timeout):  # no extra task per step, unlike wait_for on 3.11
-                result = await plugin.run(params, ctx)
+                with tracing.TRACER.current(span):  # http.request sends this span's traceparent
+                    result = await plugin.run(params, ctx)
         except StepError as exc:
             error, retryable, err_output = exc.message, exc.retryable, exc.output
         except SecretError as exc:
@@ -565,6 +568,7 @@ class Engine(ControlMixin):
         artifacts = [(a.name, a.content_type, a.data) for a in ctx.artifacts]
         if isinstance(result, Suspend):
             observe_step(R.book.name, step.type, "waiting")
+            tracing.TRACER.end_step(span, "waiting", finished)
             return self._record_suspend(R, step, attempt, key, inputs, idempotent, started, result, resume)
         if result is not None:
             output = _jsonable(R.redactor.redact_obj(result.output))
@@ -578,6 +582,7 @@ class Engine(ControlMixin):
             self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                                fresh=resume is None and idempotent, topic="step.succeeded")  # fmt: skip
             observe_step(R.book.name, step.type, "succeeded", (finished - started).total_seconds())
+            tracing.TRACER.end_step(span, "succeeded", finished)
             return Done(output)
         # failure
         assert error is not None
@@ -593,6 +598,7 @@ class Engine(ControlMixin):
         self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                            fresh=resume is None and idempotent, topic="step.failed", timer=retry_at)  # fmt: skip
         observe_step(R.book.name, step.type, "retrying" if retry_at else "failed", (finished - started).total_seconds())
+        tracing.TRACER.end_step(span, "retrying" if retry_at else "failed", finished)
         if retry_at is not None:
             return Parked(retry_at, f"step {step.sid} failed ({error}); retry at {retry_at:%H:%M:%S}")
         return Failed(error)
@@ -849,6 +855,8 @@ class Engine(ControlMixin):
                      outbox=[("run.finished", {"run_id": R.id, "status": status.value, "reason": reason})],
                      extra=extra)  # fmt: skip
         self.stats["runs_finished"] += 1
+        with contextlib.suppress(Exception):  # the run's root span, started when the run was created
+            tracing.TRACER.run_ended(R.id, R.book.name, status.value, R.row["created_at"], now)
         REGISTRY.drop(R.id)
         for cb in self.on_run_end:
             try:
@@ -1019,6 +1027,8 @@ class Engine(ControlMixin):
         seen.add(appr["id"])
         with contextlib.suppress(Exception):  # a metric never fails a run
             observe_approval(R.book.name, decision, (appr["decided_at"] - appr["requested_at"]).total_seconds())
+            tracing.TRACER.approval_wait(R.id, R.book.name, appr["step_id"], decision, appr["requested_at"],
+                                         appr["decided_at"])  # fmt: skip
 
 
 def verify_spec(step: StepSpec) -> StepSpec:

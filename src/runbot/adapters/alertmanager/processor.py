@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import Connection, select, text
 
+from runbot import tracing
 from runbot.adapters.alertmanager import incidents
 from runbot.adapters.alertmanager.ingest import DELIVERIES, Backlog, WriteGate
 from runbot.adapters.alertmanager.payload import template_alert
@@ -243,6 +244,7 @@ class IntakeProcessor(WorkerThread):
             m.alerts_unhandled.inc(report.unhandled)
         for book, _ in report.runs:
             m.runs_created.labels(runbook=book).inc()
+        tracing.TRACER.delivery([run_id for _, run_id in report.runs], report.alerts)  # linked to its runs
         for book, n in sorted(report.throttled.items()):
             m.alerts_throttled.labels(runbook=book).inc(n)
             log.warning("alert storm: new runs throttled", runbook=book, alerts=n)
