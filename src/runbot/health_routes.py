@@ -59,12 +59,14 @@ def vault_problem(rt: Runtime) -> str | None:
     if client is None:
         return None
     try:
-        status = client.sys.read_health_status(method="GET", standby_ok=True, perf_standby_ok=True)
+        status = client.sys.read_health_status(method="GET", standby_ok=True)
         code = getattr(status, "status_code", 200)
         if isinstance(status, dict) or code in (200, 429, 473):
             return None
         return f"vault unhealthy: HTTP {code}"
-    except Exception as exc:
+    except Exception as exc:  # hvac raises VaultDown for 503 (sealed), requests errors when unreachable
+        if type(exc).__name__ == "VaultDown":
+            return "vault is sealed or unavailable (HTTP 503)"
         return f"vault unreachable: {type(exc).__name__}"
 
 
