@@ -74,6 +74,9 @@ def configure_logging(level: str = "INFO", fmt: str = "console", stream: Any = N
         cache_logger_on_first_use=False,
     )
     install_stdlib_redaction()
+    global _events, _events_on
+    _events_on = logging.getLevelName(level.upper()) <= logging.INFO
+    _events = structlog.get_logger("runbot.events").bind()  # bound once: audit events are the hot path
 
 
 def install_stdlib_redaction() -> None:
@@ -103,7 +106,8 @@ def install_stdlib_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
-events_log = structlog.get_logger("runbot.events")
+_events: Any = structlog.get_logger("runbot.events")
+_events_on = True  # until configure_logging says the level is above INFO
 # what an operator following a run wants on the line; everything else stays in the audit trail
 _EVENT_DETAILS = ("attempt", "type", "duration_ms", "error", "reason", "retry_at", "until", "status",
                   "decision", "required", "timeout", "escalation", "alerts", "receiver")  # fmt: skip
@@ -112,6 +116,8 @@ _EVENT_DETAILS = ("attempt", "type", "duration_ms", "error", "reason", "retry_at
 def log_events(events: Any) -> None:
     """One INFO line per audit event (run created, step started/finished, approval, held, in doubt, incident
     resolved...), logged as the event is appended to the trail. Never raises."""
+    if not _events_on:
+        return
     try:
         for e in events:
             details = e.details or {}
@@ -120,7 +126,7 @@ def log_events(events: Any) -> None:
                                      ("runbook", e.runbook)) if v}  # fmt: skip
             actor = {"actor": e.actor} if e.actor and e.actor != "system" else {}
             outcome = {"outcome": e.outcome} if e.outcome else {}
-            events_log.info(e.action, **ids, **outcome, **actor, **fields)
+            _events.info(e.action, **ids, **outcome, **actor, **fields)
     except Exception:  # noqa: S110 - the log line must never fail a commit
         pass
 
