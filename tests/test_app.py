@@ -8,7 +8,8 @@ from runbot.app import create_app
 def test_health_ready_and_metrics(make_runtime):
     rt = make_runtime()
     with TestClient(create_app(rt)) as client:
-        assert client.get("/healthz").text == "ok"
+        live = client.get("/healthz")
+        assert live.status_code == 200 and live.json()["live"] is True
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True
         metrics = client.get("/metrics")

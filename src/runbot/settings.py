@@ -381,6 +381,15 @@ class Settings(BaseSettings):
     )
     # --- end vault ---
 
+    # --- observability ---
+    worker_stall_seconds: float = Field(
+        default=120.0, gt=0, description="A worker busy this long without a heartbeat makes /healthz fail"
+    )
+    debug_worker_hooks: bool = Field(
+        default=False, description="Test only: POST /debug/workers/{name}/kill ends a worker (to test /healthz)"
+    )
+    # --- end observability ---
+
     @field_validator("data_dir", "runbooks_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:

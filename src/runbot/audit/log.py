@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from runbot.observability import log_events
 from runbot.store.raw import Raw
 from runbot.store.tables import Approval, AuditEvent, AuditHead, Run
 from runbot.store.types import utcnow
@@ -108,6 +109,7 @@ def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, An
         seq, prev = int(head[0]), str(head[1])
     rows = chain_rows(events, seq, prev)
     seq, prev = rows[-1]["seq"], rows[-1]["hash"]
+    log_events(events)  # one INFO line each (runbot.observability)
     if raw.sqlite:
         raw.insert_many("audit_events", rows)
         raw.update("audit_head", {"seq": seq, "hash": prev}, "id = 1", {})

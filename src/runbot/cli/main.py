@@ -484,18 +484,23 @@ def serve(
     port: int | None = typer.Option(None, help="Listen port (default from config)."),
 ) -> None:
     """Run the bot: HTTP endpoints and the engine."""
+    import structlog
     import uvicorn
 
     from runbot.app import create_app
+    from runbot.logging_setup import configure_process_logging, uvicorn_log_level
     from runbot.observability import configure_logging
 
     s = settings()
-    configure_logging(s.log_level, s.log_format)
-    rt = runtime()
+    configure_process_logging(s.log_level, s.log_format)  # uvicorn, libraries, warnings, tracebacks: one stream
+    rt = runtime()  # (configures the CLI's quiet logging on the way)
+    configure_logging(s.log_level, s.log_format)  # serve honours RUNBOT_LOG_LEVEL
+    say = structlog.get_logger("runbot.serve")
     for p in rt.catalog.problems:
-        typer.echo(f"warning: runbook skipped: {p}", err=True)
-    typer.echo(f"runbot serving on http://{host or s.host}:{port or s.port} with {len(rt.catalog.all())} runbook(s)", err=True)
-    uvicorn.run(create_app(rt), host=host or s.host, port=port or s.port, log_level="warning", access_log=False)
+        say.warning("runbook skipped", problem=str(p))
+    say.info("runbot serving", url=f"http://{host or s.host}:{port or s.port}", runbooks=len(rt.catalog.all()))
+    uvicorn.run(create_app(rt), host=host or s.host, port=port or s.port, log_level=uvicorn_log_level(s.log_level),
+                log_config=None, access_log=True)
 
 
 def _register_modules() -> None:

@@ -23,6 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
 
+from runbot import tracing
 from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
 from runbot.engine import pgcommit
@@ -41,6 +42,8 @@ from runbot.engine.state import (
     new_id,
     plus,
 )
+from runbot.health import Heartbeat
+from runbot.observability import observe_approval, observe_step
 from runbot.redaction import REGISTRY
 from runbot.runbooks.loader import LoadedRunbook
 from runbot.runbooks.model import RetryPolicy, StepSpec
@@ -130,6 +133,7 @@ class Engine(ControlMixin):
         self.rehearsal: Any = None
         self.stats = {"steps": 0, "runs_finished": 0}
         self.peers: list[Engine] = []
+        self.heartbeat: Heartbeat = Heartbeat("engine")  # replaced by the supervisor's (runbot.engine_worker)
         db.relaxed_commits = settings.pg_async_commit_idempotent and not db.is_sqlite
 
     # ---- loop management --------------------------------------------------------------------------------
@@ -167,16 +171,28 @@ class Engine(ControlMixin):
         if ready is not None:
             ready.set()
         try:
+            failures = 0
             while not self._stopping:
+                self.heartbeat.busy()
                 self._wake_event.clear()
                 capacity = self.settings.engine_workers - len(tasks)
+                pause = self.settings.poll_interval
                 if capacity > 0:
-                    for run_id, fence in self._claim_due(capacity):
+                    try:
+                        claimed = self._claim_due(capacity)
+                        failures = 0
+                    except Exception as exc:  # database failover: runs in flight go on, claiming resumes later
+                        failures += 1
+                        claimed, pause = [], min(30.0, 0.25 * 2**min(failures, 7))
+                        log.warning("claiming runs failed; retrying", error=f"{type(exc).__name__}: {exc}",
+                                    retry_in=pause)  # fmt: skip
+                    for run_id, fence in claimed:
                         t = asyncio.create_task(self._advance_safely(run_id, fence))
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
+                self.heartbeat.idle()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.poll_interval)
+                    await asyncio.wait_for(self._wake_event.wait(), timeout=pause)
         finally:
             heartbeat.cancel()
             for t in list(tasks):
@@ -190,6 +206,10 @@ class Engine(ControlMixin):
     def stop(self) -> None:
         self._stopping = True
         self.wake()
+
+    def scheduler_running(self) -> bool:
+        """The loop's APScheduler (timer wake-ups) is running."""
+        return self._scheduler is not None and bool(self._scheduler.running)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -473,6 +493,7 @@ class Engine(ControlMixin):
             events=[R.event("step.in_doubt", step_id=step.sid, outcome="in_doubt", attempt=rec["attempt"])],
             outbox=[("step.in_doubt", {"run_id": R.id, "step_id": step.sid, "message": msg})])  # fmt: skip
         rec.update(status=StepStatus.IN_DOUBT.value, error=msg)
+        observe_step(R.book.name, step.type, "in_doubt")
         return Parked(None, msg)
 
     # ---- one attempt ------------------------------------------------------------------------------------------
@@ -522,13 +543,15 @@ class Engine(ControlMixin):
         error: str | None = None
         retryable = False
         result: StepResult | Suspend | None = None
+        span = tracing.TRACER.start_step(R.id, R.book.name, step.sid, step.type, attempt, started)
         err_output: dict[str, Any] = {}
         try:
             real = await asyncio.to_thread(resolve_secrets, rendered, self.secrets.fetch, R.redactor) \
                 if refs else rendered  # fmt: skip
             params = plugin.Params.model_validate(real)
             async with asyncio.timeout(timeout):  # no extra task per step, unlike wait_for on 3.11
-                result = await plugin.run(params, ctx)
+                with tracing.TRACER.current(span):  # http.request sends this span's traceparent
+                    result = await plugin.run(params, ctx)
         except StepError as exc:
             error, retryable, err_output = exc.message, exc.retryable, exc.output
         except SecretError as exc:
@@ -546,6 +569,8 @@ class Engine(ControlMixin):
         self.stats["steps"] += 1
         artifacts = [(a.name, a.content_type, a.data) for a in ctx.artifacts]
         if isinstance(result, Suspend):
+            observe_step(R.book.name, step.type, "waiting")
+            tracing.TRACER.end_step(span, "waiting", finished)
             return self._record_suspend(R, step, attempt, key, inputs, idempotent, started, result, resume)
         if result is not None:
             output = _jsonable(R.redactor.redact_obj(result.output))
@@ -558,6 +583,8 @@ class Engine(ControlMixin):
                                   ts=finished, summary=summary, duration_ms=_ms(started, finished)))  # fmt: skip
             self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                                fresh=resume is None and idempotent, topic="step.succeeded")  # fmt: skip
+            observe_step(R.book.name, step.type, "succeeded", (finished - started).total_seconds())
+            tracing.TRACER.end_step(span, "succeeded", finished)
             return Done(output)
         # failure
         assert error is not None
@@ -572,6 +599,8 @@ class Engine(ControlMixin):
                               error=error, retry_at=retry_at.isoformat() if retry_at else None))  # fmt: skip
         self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                            fresh=resume is None and idempotent, topic="step.failed", timer=retry_at)  # fmt: skip
+        observe_step(R.book.name, step.type, "retrying" if retry_at else "failed", (finished - started).total_seconds())
+        tracing.TRACER.end_step(span, "retrying" if retry_at else "failed", finished)
         if retry_at is not None:
             return Parked(retry_at, f"step {step.sid} failed ({error}); retry at {retry_at:%H:%M:%S}")
         return Failed(error)
@@ -833,6 +862,8 @@ class Engine(ControlMixin):
                      outbox=[("run.finished", {"run_id": R.id, "status": status.value, "reason": reason})],
                      extra=extra)  # fmt: skip
         self.stats["runs_finished"] += 1
+        with contextlib.suppress(Exception):  # the run's root span, started when the run was created
+            tracing.TRACER.run_ended(R.id, R.book.name, status.value, R.row["created_at"], now)
         REGISTRY.drop(R.id)
         for cb in self.on_run_end:
             try:
@@ -939,6 +970,8 @@ class Engine(ControlMixin):
             R.approvals[step.sid] = appr
             return Parked(appr["expires_at"], f"waiting for approval of {step.sid}")
         status = appr["status"]
+        if status in ("approved", "denied") and appr.get("decided_at") is not None:
+            self._observe_wait(R, appr, status)
         if status == "approved":
             return None
         if status == "denied":
@@ -983,10 +1016,26 @@ class Engine(ControlMixin):
         self._commit(R, extra=expire, events=[R.event("approval.expired", step_id=step.sid, outcome="expired",
                                                       approval_id=appr["id"], on_timeout=spec.on_timeout)])  # fmt: skip
         appr["status"] = "expired"
+        self._observe_wait(R, {**appr, "decided_at": now}, "expired")
         if spec.on_timeout == "skip":
             self._record_skip(R, step, "approval timed out")
             return Skipped("approval timed out")
         return Stopped(RunStatus.ABORTED, f"approval for {step.sid} timed out")
+
+
+    _waits_seen: set[str] = set()  # approval ids whose wait this process has observed (a retry sees it again)
+
+    def _observe_wait(self, R: RunState, appr: dict[str, Any], decision: str) -> None:
+        seen = Engine._waits_seen
+        if appr["id"] in seen:
+            return
+        if len(seen) > 10_000:
+            seen.clear()
+        seen.add(appr["id"])
+        with contextlib.suppress(Exception):  # a metric never fails a run
+            observe_approval(R.book.name, decision, (appr["decided_at"] - appr["requested_at"]).total_seconds())
+            tracing.TRACER.approval_wait(R.id, R.book.name, appr["step_id"], decision, appr["requested_at"],
+                                         appr["decided_at"])  # fmt: skip
 
 
 def verify_spec(step: StepSpec) -> StepSpec:

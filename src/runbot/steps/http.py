@@ -51,6 +51,7 @@ from runbot.durations import Duration
 from runbot.netpolicy import NetPolicy, PolicyError, ResolveError, ip_literal
 from runbot.redaction import Redactor
 from runbot.steps.base import Params, Step, StepContext, StepError, StepResult
+from runbot.tracing import inject_traceparent
 
 if TYPE_CHECKING:
     from runbot.settings import Settings
@@ -513,6 +514,7 @@ class HttpRequest(Step[HttpRequestParams]):
             headers["Authorization"] = f"Basic {token}"
         for k, v in params.headers.items():
             headers[k] = v
+        inject_traceparent(headers)  # W3C trace context of the step's span, when tracing is on
         return headers
 
     @staticmethod

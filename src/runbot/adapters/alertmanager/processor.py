@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import Connection, select, text
 
+from runbot import tracing
 from runbot.adapters.alertmanager import incidents
 from runbot.adapters.alertmanager.ingest import DELIVERIES, Backlog, WriteGate
 from runbot.adapters.alertmanager.payload import template_alert
@@ -283,6 +284,8 @@ class IntakeProcessor(WorkerThread):
             self.rt.engine.wake()
         m = self.rt.metrics
         if report.unpacked.deliveries:
+            log.info("alerts received", deliveries=report.unpacked.deliveries, new=report.unpacked.new,
+                     deduplicated=report.unpacked.duplicates, runs=len(report.runs))  # fmt: skip
             self.backlog.take(report.unpacked.alerts)
             if report.unpacked.duplicates:
                 m.alerts_deduplicated.inc(report.unpacked.duplicates)
@@ -290,6 +293,7 @@ class IntakeProcessor(WorkerThread):
             m.alerts_unhandled.inc(report.unhandled)
         for book, _ in report.runs:
             m.runs_created.labels(runbook=book).inc()
+        tracing.TRACER.delivery([run_id for _, run_id in report.runs], report.alerts)  # linked to its runs
         for book, n in sorted(report.throttled.items()):
             m.alerts_throttled.labels(runbook=book).inc(n)
             log.warning("alert storm: new runs throttled", runbook=book, alerts=n)

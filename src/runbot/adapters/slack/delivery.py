@@ -31,6 +31,7 @@ from runbot.adapters.slack.runview import RunView, load_run_view
 from runbot.adapters.slack.slackapi import classify, slack_error
 from runbot.adapters.slack.store import Ref, SlackStore
 from runbot.engine.state import ARTIFACTS, OUTBOX, RUNS
+from runbot.observability import instrument_slack
 from runbot.redaction import REGISTRY
 from runbot.store.types import utcnow
 from runbot.worker import WorkerThread
@@ -71,7 +72,7 @@ class Delivery(WorkerThread):
         super().__init__()
         self.rt = rt
         self.settings = rt.settings
-        self.client = client
+        self.client = instrument_slack(client)  # Slack API errors and 429s by method (runbot.observability)
         self.directory = directory
         self.authorizer = authorizer
         self.store = store
