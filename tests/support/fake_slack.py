@@ -57,6 +57,7 @@ class _Failure:
     retry_after: float | None
     times: int
     html: bool = False
+    when: Any = None  # a predicate over the call's args; None: every call
 
 
 @dataclass
@@ -488,11 +489,12 @@ class FakeSlack:
     # ---- trouble on demand ---------------------------------------------------------------------------------------
 
     def fail(self, method: str, *, status: int = 429, times: int = 1, retry_after: float | None = None,
-             error: str | None = None, html: bool = False) -> FakeSlack:  # fmt: skip
-        """The next `times` calls of `method` answer `status` (429 with Retry-After, 5xx, ...)."""
+             error: str | None = None, html: bool = False, when: Any = None) -> FakeSlack:  # fmt: skip
+        """The next `times` calls of `method` (for which `when(args)` holds) answer `status` (429 with
+        Retry-After, 5xx, or 200 with `error`, as Slack refuses a payload)."""
         err = error or ("ratelimited" if status == 429 else "internal_error" if status >= 500 else "invalid_request")
         with self._lock:
-            self._failures.setdefault(method, []).append(_Failure(status, err, retry_after, times, html))
+            self._failures.setdefault(method, []).append(_Failure(status, err, retry_after, times, html, when))
         return self
 
     # ---- inspection ---------------------------------------------------------------------------------------------
@@ -567,15 +569,15 @@ class FakeSlack:
         with self._lock:
             self._calls.append(call)
 
-    def _next_failure(self, method: str) -> _Failure | None:
+    def _next_failure(self, method: str, args: dict[str, Any]) -> _Failure | None:
         with self._lock:
             queue = self._failures.get(method) or []
-            if not queue:
+            f = next((f for f in queue if f.when is None or f.when(args)), None)
+            if f is None:
                 return None
-            f = queue[0]
             f.times -= 1
             if f.times <= 0:
-                queue.pop(0)
+                queue.remove(f)
             return f
 
     def _ts(self) -> str:
@@ -586,7 +588,7 @@ class FakeSlack:
         args = await self._args(request)
         headers = dict(request.headers)
         token = (headers.get("Authorization") or "").removeprefix("Bearer ").strip() or str(args.get("token") or "")
-        failure = self._next_failure(method)
+        failure = self._next_failure(method, args)
         if failure is not None:
             self._record(Call(method, args, headers, time.time(), failure.status, request.path))
             hdrs = {"Retry-After": f"{failure.retry_after:g}"} if failure.retry_after is not None else {}
