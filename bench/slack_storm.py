@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import threading
 import time
@@ -34,12 +33,12 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select
-
-from runbot.engine.state import APPROVALS, OUTBOX, RUNS
-from runbot.observability import configure_logging
 from tests.adapters.slack.harness import Bot, diagnostic, remediation, runbook, standard_fake
 from tests.support.fake_slack import FakeSlack, RateLimits
 from tests.support.http_target import HttpTarget, Reply
+
+from runbot.engine.state import APPROVALS, OUTBOX, RUNS
+from runbot.observability import configure_logging
 
 TOKEN = "bench-webhook-token"
 
@@ -48,7 +47,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def fake_with_channels(channels: int) -> FakeSlack:

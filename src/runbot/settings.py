@@ -220,6 +220,9 @@ class Settings(BaseSettings):
     slack_update_interval: float = Field(
         default=3.0, ge=0, description="Seconds between two in-place updates of one live run message"
     )
+    slack_storm_threads: int = Field(
+        default=5, ge=1, description="Runs of one incident that get a thread each; later ones share one summary"
+    )
     slack_max_attempts: int = Field(
         default=8, ge=1, description="Attempts before a message Slack refuses for good (not 429/5xx) is dropped"
     )

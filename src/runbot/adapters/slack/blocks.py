@@ -411,3 +411,39 @@ def targets_of(params: dict[str, Any]) -> list[str]:
         elif v not in (None, ""):
             out.append(f"{k}={v}" if k not in ("url", "host") else str(v))
     return out
+
+
+# ---- storm: one message for an incident's many runs -------------------------------------------------------------
+
+SUMMARY_RUNS = 15
+
+
+def incident_summary(incident: dict[str, Any], runs: list[dict[str, Any]], pending: int,
+                     threaded: int) -> Message:  # fmt: skip
+    """The message of an incident with more runs than get a thread each: counts by status, the latest runs,
+    and what needs people (approval requests are posted in this message's thread)."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    title = str(incident.get("title") or incident["id"])
+    sev = str(incident.get("severity") or "")
+    blocks: list[dict[str, Any]] = [
+        header(f"{SEVERITY_ICON.get(sev.lower(), ':white_circle:')} {fit(E.redact(title), 120)}"),
+        section(f"*Incident* {E.code(incident['id'])} ({E.esc(incident.get('status') or 'open')}) · "
+                f"*{len(runs)} runs*: " + ", ".join(f"{RUN_ICON.get(k, '')} {n} {E.esc(k)}"
+                                                   for k, n in sorted(counts.items()))),
+    ]  # fmt: skip
+    if pending:
+        blocks.append(section(f":lock: *{pending} approval request(s) waiting*, in this thread and the App Home"))
+    lines = [f"{RUN_ICON.get(r['status'], '')} {E.code(r['id'])} {E.code(r['runbook_name'], 60)} {E.esc(r['status'])}"
+             for r in runs[-SUMMARY_RUNS:]]  # fmt: skip
+    if len(runs) > SUMMARY_RUNS:
+        lines.insert(0, f"_… {len(runs) - SUMMARY_RUNS} earlier run(s)_")
+    blocks.append(section("\n".join(lines)))
+    blocks.append(context(f"The first {threaded} runs have a thread each; the others are summarised here so "
+                          f"Slack's limits go to what people must act on. One run: `/runbot status RUN` or "
+                          f"`runbot runs show RUN`."))  # fmt: skip
+    done = sum(n for k, n in counts.items() if k in ("succeeded", "failed", "cancelled", "aborted", "skipped"))
+    text = f"Incident {E.esc(incident['id'])}: {len(runs)} runs, {done} finished" + (
+        f", {pending} waiting for approval" if pending else "")
+    return Message(text, blocks)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from runbot.adapters.slack import blocks as B
 from runbot.adapters.slack import escape as E
@@ -46,7 +46,7 @@ from runbot.adapters.slack.slackapi import classify, slack_error
 from runbot.adapters.slack.store import Ref, SlackStore
 from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN
-from runbot.engine.state import ARTIFACTS, OUTBOX, RUNS
+from runbot.engine.state import APPROVALS, ARTIFACTS, INCIDENTS, OUTBOX, RUNS
 from runbot.store.types import utcnow
 from runbot.worker import WorkerThread
 
@@ -109,6 +109,8 @@ class Delivery(WorkerThread):
         self.pacer = Pacer(PaceConfig(scale=s.slack_rate_scale, update_interval=s.slack_update_interval))
         self.metrics = slack_metrics(rt.metrics.registry)
         self._later: dict[str, float] = {}  # run id -> monotonic time its paced root update is due
+        self._later_summary: dict[str, float] = {}  # incident id -> when its summary is to be brought up to date
+        self._storm_rank: dict[str, int] = {}  # run id -> runs of its incident created before it
         self._last_prune = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -119,14 +121,16 @@ class Delivery(WorkerThread):
             try:
                 self.deliver_due()
                 self.refresh_due()
+                self.refresh_summaries()
                 if time.monotonic() - self._last_prune > PRUNE_EVERY:
                     self._last_prune = time.monotonic()
                     self.store.prune_seen()
             except Exception as exc:  # a database hiccup: try again next tick
                 log.error("outbox pass failed", error=f"{type(exc).__name__}: {exc}")
             wait = self.settings.slack_outbox_poll
-            if self._later:
-                wait = max(0.005, min(wait, min(self._later.values()) - time.monotonic()))
+            due = [*self._later.values(), *self._later_summary.values()]
+            if due:
+                wait = max(0.005, min(wait, min(due) - time.monotonic()))
             self._wake.wait(wait)
 
     # ---- calls to Slack, within its limits ------------------------------------------------------------------
@@ -248,6 +252,9 @@ class Delivery(WorkerThread):
         if view is None:
             return
         with E.for_run(run_id, view.run["status"] in {s.value for s in LIVE_RUN}):
+            if self._in_storm(view):
+                self._deliver_storm_run(view, batch)
+                return
             root = self._ensure_root(view)
             replies: list[tuple[str, B.Message]] = []
             files: list[Callable[[], None]] = []
@@ -262,6 +269,94 @@ class Delivery(WorkerThread):
                     self._handle(view, root, row)
             self._flush(root, replies, files)
             self.refresh(view, root)
+
+    # ---- storms: an incident with many runs gets one summary, not a thread per run --------------------------
+
+    def _in_storm(self, view: RunView) -> bool:
+        """True for a run of an incident beyond its first `slack_storm_threads` runs (and without a root)."""
+        inc = view.run.get("incident_id")
+        if not inc:
+            return False
+        known = self._storm_rank.get(view.id)
+        if known is None:
+            if self.store.ref(f"{view.id}:root") is not None:
+                known = 0
+            else:
+                with self.rt.db.read() as conn:
+                    known = int(conn.execute(select(func.count()).select_from(RUNS).where(
+                        RUNS.c.incident_id == inc, RUNS.c.created_at < view.run["created_at"])).scalar_one())  # fmt: skip
+            if len(self._storm_rank) > 100_000:
+                self._storm_rank.clear()
+            self._storm_rank[view.id] = known
+        return known >= self.settings.slack_storm_threads
+
+    def _deliver_storm_run(self, view: RunView, batch: list[Row]) -> None:
+        """Only what people must act on gets a message (in the summary's thread); the summary shows the rest."""
+        inc = str(view.run["incident_id"])
+        summary = self._ensure_summary(inc)
+        for row in sorted(batch, key=lambda r: (_priority(r.topic), r.id)):
+            if row.topic in ("approval.requested", "approval.escalated", "step.in_doubt", "step.held"):
+                self._handle(view, summary, row)
+        self.refresh(view)  # its approval messages (decisions)
+        self._later_summary[inc] = min(self._later_summary.get(inc, float("inf")),
+                                       time.monotonic() + self.pacer.update_due(summary.key))  # fmt: skip
+
+    def _ensure_summary(self, incident_id: str) -> Ref:
+        key = f"incident:{incident_id}:summary"
+        ref = self.store.ref(key)
+        if ref is not None:
+            return ref
+        with self.rt.db.read() as conn:
+            first = conn.execute(select(RUNS.c.id).where(RUNS.c.incident_id == incident_id)
+                                 .order_by(RUNS.c.created_at).limit(1)).scalar_one()  # fmt: skip
+        view = load_run_view(self.rt, str(first))
+        channel = channel_for(self.settings, view) if view is not None else self.settings.slack_default_channel
+        if not channel:
+            raise NoChannel("no Slack channel for this incident")
+        msg = self._summary_message(incident_id)
+        resp = self._post(URGENT, channel=channel, text=msg.text, blocks=msg.blocks)
+        ref = Ref(key, "summary", resp["channel"], resp["ts"], None, msg.digest(), None)
+        self.store.save(ref)
+        self.pacer.updated(key)
+        return ref
+
+    def _summary_message(self, incident_id: str) -> B.Message:
+        with self.rt.db.read() as conn:
+            inc = conn.execute(select(INCIDENTS).where(INCIDENTS.c.id == incident_id)).mappings().first()
+            runs = [dict(r) for r in conn.execute(select(RUNS.c.id, RUNS.c.status, RUNS.c.runbook_name)
+                                                  .where(RUNS.c.incident_id == incident_id)
+                                                  .order_by(RUNS.c.created_at)).mappings()]  # fmt: skip
+            pending = int(conn.execute(select(func.count()).select_from(APPROVALS).where(
+                APPROVALS.c.run_id.in_([r["id"] for r in runs]), APPROVALS.c.status == "pending")).scalar_one())  # fmt: skip
+        return B.incident_summary(dict(inc) if inc else {"id": incident_id}, runs, pending,
+                                  self.settings.slack_storm_threads)  # fmt: skip
+
+    def refresh_summaries(self) -> None:
+        now = time.monotonic()
+        for inc in [i for i, at in self._later_summary.items() if at <= now]:
+            self._later_summary.pop(inc, None)
+            key = f"incident:{inc}:summary"
+            due = self.pacer.update_due(key)
+            ref = self.store.ref(key)
+            if ref is None or ref.ts is None:
+                continue
+            if due > 0:
+                self._later_summary[inc] = now + due
+                continue
+            msg = self._summary_message(inc)
+            if msg.digest() == ref.rendered_hash:
+                continue
+            try:
+                self._api("chat.update", ref.channel, PROGRESS, self.client.chat_update, channel=ref.channel,
+                          ts=ref.ts, text=msg.text, blocks=msg.blocks)  # fmt: skip
+            except Deferred as exc:
+                self._later_summary[inc] = time.monotonic() + exc.wait
+                continue
+            except Exception as exc:
+                log.warning("incident summary update failed", incident_id=inc, error=f"{type(exc).__name__}: {exc}")
+                continue
+            self.pacer.updated(key)
+            self.store.set_hash(key, msg.digest())
 
     def _flush(self, root: Ref, replies: list[tuple[str, B.Message]], files: list[Callable[[], None]]) -> None:
         """Step results due together: one reply per MERGE_MAX (within MERGE_BUDGET), not one each, so a
@@ -372,13 +467,13 @@ class Delivery(WorkerThread):
             self._reply(root, f"{view.id}:reply:row{row.id}", B.finished_reply(view))
 
     def _reply(self, root: Ref, key: str, msg: B.Message, *, broadcast: bool = False, kind: str = "reply",
-               approval_id: str | None = None, priority: int = NORMAL) -> Ref:  # fmt: skip
+               approval_id: str | None = None, priority: int = NORMAL, run_id: str | None = None) -> Ref:  # fmt: skip
         ref = self.store.ref(key)
         if ref is not None:
             return ref
         resp = self._post(priority, channel=root.channel, thread_ts=root.ts, text=msg.text, blocks=msg.blocks,
                           reply_broadcast=broadcast)  # fmt: skip
-        ref = Ref(key, kind, resp["channel"], resp["ts"], root.ts, msg.digest(), root.run_id, approval_id)
+        ref = Ref(key, kind, resp["channel"], resp["ts"], root.ts, msg.digest(), run_id or root.run_id, approval_id)
         self.store.save(ref)
         return ref
 
@@ -455,7 +550,8 @@ class Delivery(WorkerThread):
         key = f"{view.id}:approval:{approval_id}"
         try:
             fresh = self.store.ref(key) is None
-            self._reply(root, key, msg, broadcast=True, kind="approval", approval_id=approval_id, priority=URGENT)
+            self._reply(root, key, msg, broadcast=True, kind="approval", approval_id=approval_id, priority=URGENT,
+                        run_id=view.id)  # fmt: skip
             if fresh and appr.get("requested_at") is not None:
                 with contextlib.suppress(Exception):
                     self.metrics.approval_delay.observe(max(0.0, (utcnow() - appr["requested_at"]).total_seconds()))
@@ -465,7 +561,7 @@ class Delivery(WorkerThread):
             self.record_refusal(view.id, f"approval request {approval_id} ({appr['step_id']})", slack_error(exc))
             fallback = B.approval_fallback(view, appr, self.settings.slack_command)
             self._reply(root, key, fallback, broadcast=True, kind="approval_text", approval_id=approval_id,
-                        priority=URGENT)  # fmt: skip
+                        priority=URGENT, run_id=view.id)  # fmt: skip
 
     def record_refusal(self, run_id: str | None, what: str, error: str) -> None:
         """Slack refused a message for good: audited (shown by `runbot runs show`) and counted (alert on
@@ -498,7 +594,8 @@ class Delivery(WorkerThread):
                                     approval_id))  # fmt: skip
             where = E.channel(channel)
         else:
-            self._reply(root, key, msg, broadcast=True, kind="escalation", approval_id=approval_id, priority=URGENT)
+            self._reply(root, key, msg, broadcast=True, kind="escalation", approval_id=approval_id, priority=URGENT,
+                        run_id=view.id)  # fmt: skip
             where = "this thread"
         self._reply(root, f"{view.id}:reply:row{row.id}",
                     B.notice(f":rotating_light: Approval for {E.code(appr['step_id'])} escalated to {where}; "
