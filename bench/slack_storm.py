@@ -6,9 +6,11 @@ engine's commit) to the approval message being accepted by Slack, 429s, messages
 final state of every root message (must show the run's end), Slack calls per method, and the largest
 outbox backlog.
 
-Part 2 (latency): alerts through the Alertmanager webhook at 1 alert/s and at 50 alerts/s for
---duration seconds, each its own incident (a one-step runbook); prints the delay from the webhook POST to
-the run's first Slack message (p50/p99), the largest outbox backlog and how long it took to drain.
+Part 2 (latency): alerts through the Alertmanager webhook at 1 alert/s (each its own incident) and at
+50 alerts/s spread over --groups alert groups (an outage: --groups incidents, many runs each), for
+--duration seconds, one-step runbook, intake throttling off (every alert starts a run); prints the delay
+from an incident's first webhook POST to its first Slack message (p50/p99), the largest outbox backlog
+and how long it took to drain after the last alert.
 
 The fake Slack enforces Slack's tiers (Tier 2 20/min, Tier 3 50/min, Tier 4 100/min, bursts of a few
 seconds), chat.postMessage at 1/s per channel (bursts of 4) and 600/min per workspace, answering 429 with
@@ -161,11 +163,14 @@ def latency(args: argparse.Namespace, root: Path, rate: float) -> dict[str, Any]
         book = runbook("quick", [diagnostic(target)])
         bot = Bot(root / f"lat{rate:g}", fake, target, {"quick": book},
                   {"slack_rate_scale": 1.0, "slack_outbox_poll": 0.5, "alertmanager_webhook_token": TOKEN,
-                   "engine_workers": 4, **routing(args.channels)})  # fmt: skip
+                   "engine_workers": 4, "alertmanager_runs_per_minute": 1e6, "alertmanager_runs_burst": 100_000,
+                   "alertmanager_runbook_runs_per_minute": 1e6, "alertmanager_runbook_runs_burst": 100_000,
+                   **routing(args.channels)})  # fmt: skip
         bot.start()
         backlog = Backlog(bot)
         backlog.start()
         sent: dict[str, float] = {}
+        groups = args.groups if rate > 1 else 0
         client = httpx.Client(base_url=bot.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
         n = int(rate * args.duration)
         start = time.monotonic()
@@ -178,37 +183,46 @@ def latency(args: argparse.Namespace, root: Path, rate: float) -> dict[str, Any]
             alert = {"status": "firing", "labels": labels, "annotations": {"summary": "bench"},
                      "startsAt": "2026-11-22T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
                      "generatorURL": "http://prometheus.example/graph", "fingerprint": uuid.uuid4().hex[:16]}  # fmt: skip
-            body = {"version": "4", "groupKey": f'{{}}:{{instance="{key}"}}', "truncatedAlerts": 0, "status": "firing",
-                    "receiver": "runbot", "groupLabels": {"instance": key}, "commonLabels": labels,
+            group = f"g{i % groups}" if groups else key
+            body = {"version": "4", "groupKey": f'{{}}:{{group="{group}"}}', "truncatedAlerts": 0, "status": "firing",
+                    "receiver": "runbot", "groupLabels": {"group": group}, "commonLabels": labels,
                     "commonAnnotations": {}, "externalURL": "http://am.example", "alerts": [alert]}  # fmt: skip
             sent[key] = time.time()
             client.post("/webhooks/alertmanager", json=body)
         storm_end = time.monotonic()
         drained_at = None
         while time.monotonic() < storm_end + args.timeout:
-            if backlog.samples and backlog.samples[-1][1] == 0 and backlog.samples[-1][0] > storm_end:
+            if backlog.samples and backlog.samples[-1][1] == 0 and backlog.samples[-1][0] > storm_end + 1:
                 with bot.rt.db.read() as conn:
-                    made = conn.execute(select(func.count()).select_from(RUNS)).scalar_one()
-                firsts = sum(1 for c in fake.calls_to("chat.postMessage", ok_only=True) if not c.args.get("thread_ts"))
-                if firsts >= made:
+                    open_runs = conn.execute(select(func.count()).select_from(RUNS).where(
+                        RUNS.c.status.in_(["pending", "running"]))).scalar_one()  # fmt: skip
+                if open_runs == 0:
                     drained_at = time.monotonic()
                     break
             time.sleep(0.2)
         backlog.halt.set()
-        delays = []
-        roots = [c for c in fake.calls_to("chat.postMessage", ok_only=True) if not c.args.get("thread_ts")]
-        for c in roots:
-            text = json.dumps(c.args)
-            key = next((k for k in sent if k in text), None)
-            if key is not None:
-                delays.append(c.at - sent[key])
         with bot.rt.db.read() as conn:
             made = conn.execute(select(func.count()).select_from(RUNS)).scalar_one()
+            by_incident: dict[str, float] = {}
+            for inc, alert in conn.execute(select(RUNS.c.incident_id, RUNS.c.alert)):
+                key = ((alert or {}).get("labels") or {}).get("instance")
+                if inc and key in sent:
+                    by_incident[inc] = min(by_incident.get(inc, float("inf")), sent[key])
+        first_post: dict[str, float] = {}
+        for c in fake.calls_to("chat.postMessage", ok_only=True):
+            if c.args.get("thread_ts"):
+                continue
+            text = json.dumps(c.args)
+            for inc in by_incident:
+                if inc in text and inc not in first_post:
+                    first_post[inc] = c.at
+        delays = [first_post[i] - t for i, t in by_incident.items() if i in first_post]
         limited = sum(1 for c in fake.calls if c.status == 429)
         client.close()
         bot.stop()
     return {
-        "rate_per_s": rate, "alerts": n, "runs": int(made), "first_messages": len(delays),
+        "rate_per_s": rate, "alerts": n, "runs": int(made), "incidents": len(by_incident),
+        "incidents_with_a_message": len(delays),
         "p50_ms": round(pct(delays, 0.5) * 1000), "p99_ms": round(pct(delays, 0.99) * 1000),
         "max_ms": round(max(delays, default=0) * 1000), "429s": limited, "peak_backlog": backlog.peak,
         "drained_s_after_storm": round(drained_at - storm_end, 1) if drained_at else None,
@@ -220,6 +234,7 @@ def main() -> None:
     p.add_argument("--incidents", type=int, default=20)
     p.add_argument("--channels", type=int, default=20)
     p.add_argument("--duration", type=float, default=60.0, help="seconds of alerts in part 2")
+    p.add_argument("--groups", type=int, default=20, help="alert groups (incidents) of the 50 alerts/s storm")
     p.add_argument("--timeout", type=float, default=240.0)
     p.add_argument("--quick", action="store_true", help="part 2 for 10 s")
     p.add_argument("--skip", choices=["storm", "latency"], default=None)
