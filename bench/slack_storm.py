@@ -204,10 +204,17 @@ def latency(args: argparse.Namespace, root: Path, rate: float) -> dict[str, Any]
         with bot.rt.db.read() as conn:
             made = conn.execute(select(func.count()).select_from(RUNS)).scalar_one()
             by_incident: dict[str, float] = {}
-            for inc, alert in conn.execute(select(RUNS.c.incident_id, RUNS.c.alert)):
+            stages: dict[str, list[float]] = {"webhook_to_run": [], "run_to_started": []}
+            started_at: dict[str, float] = {}
+            for inc, alert, created, started in conn.execute(select(RUNS.c.incident_id, RUNS.c.alert,
+                                                                    RUNS.c.created_at, RUNS.c.started_at)):  # fmt: skip
                 key = ((alert or {}).get("labels") or {}).get("instance")
                 if inc and key in sent:
                     by_incident[inc] = min(by_incident.get(inc, float("inf")), sent[key])
+                    stages["webhook_to_run"].append(created.timestamp() - sent[key])
+                    if started is not None:
+                        stages["run_to_started"].append(started.timestamp() - created.timestamp())
+                        started_at[inc] = min(started_at.get(inc, float("inf")), started.timestamp())
         first_post: dict[str, float] = {}
         for c in fake.calls_to("chat.postMessage", ok_only=True):
             if c.args.get("thread_ts"):
@@ -217,6 +224,7 @@ def latency(args: argparse.Namespace, root: Path, rate: float) -> dict[str, Any]
                 if inc in text and inc not in first_post:
                     first_post[inc] = c.at
         delays = [first_post[i] - t for i, t in by_incident.items() if i in first_post]
+        stages["started_to_first_message"] = [first_post[i] - t for i, t in started_at.items() if i in first_post]
         limited = sum(1 for c in fake.calls if c.status == 429)
         client.close()
         bot.stop()
@@ -226,6 +234,8 @@ def latency(args: argparse.Namespace, root: Path, rate: float) -> dict[str, Any]
         "p50_ms": round(pct(delays, 0.5) * 1000), "p99_ms": round(pct(delays, 0.99) * 1000),
         "max_ms": round(max(delays, default=0) * 1000), "429s": limited, "peak_backlog": backlog.peak,
         "drained_s_after_storm": round(drained_at - storm_end, 1) if drained_at else None,
+        "stage_p50_ms": {k: round(pct(v, 0.5) * 1000) for k, v in stages.items()},
+        "stage_p99_ms": {k: round(pct(v, 0.99) * 1000) for k, v in stages.items()},
     }  # fmt: skip
 
 

@@ -55,10 +55,13 @@ def fit(text: str, limit: int, marker: str = ELLIPSIS) -> str:
     if length(text) <= limit:
         return text
     room = max(0, limit - length(marker))
-    head = text[:room]
-    while head and length(head) > room:
-        head = head[:-1]
-    head = _safe_end(head)
+    units = cut = 0
+    for i, c in enumerate(text):  # the longest prefix within `room` units, in one pass
+        units += 2 if ord(c) > 0xFFFF else 1
+        if units > room:
+            break
+        cut = i + 1
+    head = _safe_end(text[:cut])
     if head.count("```") % 2 == 1:  # a cut code block: close it (and make room for the fence)
         while head and length(head) + 3 > room:
             head = _safe_end(head[:-1])
@@ -181,16 +184,22 @@ def fit_blocks(blocks: list[dict[str, Any]], *, max_blocks: int = BLOCKS_PER_MES
 
 
 def _shrink(blocks: list[dict[str, Any]], total: int) -> None:
+    """Cap the longest texts at one common length so the total fits (short texts are left whole)."""
     texts = _texts(blocks)
-    over = sum(length(t["text"]) for t in texts) - total
-    while over > 0:
-        longest = max(texts, key=lambda t: length(t["text"]))
-        cur = length(longest["text"])
-        if cur <= 40:
-            return  # nothing big is left; give up shrinking (cannot happen within the block limits)
-        new = fit(longest["text"], max(40, cur - over, cur // 2))
-        over -= cur - length(new)
-        longest["text"] = new
+    sizes = [length(t["text"]) for t in texts]
+    if sum(sizes) <= total:
+        return
+    lo, hi = 0, max(sizes)
+    while lo < hi:  # the largest cap whose capped total fits
+        mid = (lo + hi + 1) // 2
+        if sum(min(n, mid) for n in sizes) <= total:
+            lo = mid
+        else:
+            hi = mid - 1
+    cap = max(lo, 40)
+    for t, n in zip(texts, sizes, strict=True):
+        if n > cap:
+            t["text"] = fit(t["text"], cap) or "-"
 
 
 def fit_top_text(text: str, limit: int = TOP_TEXT_BUDGET) -> str:

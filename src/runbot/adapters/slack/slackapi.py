@@ -87,7 +87,7 @@ class PooledWebClient(WebClient):
 
     def _perform_urllib_http_request_internal(self, url: str, req: Any) -> dict[str, Any]:
         if self.proxy is not None:
-            return super()._perform_urllib_http_request_internal(url, req)  # type: ignore[no-any-return]
+            return super()._perform_urllib_http_request_internal(url, req)
         if not url.lower().startswith("http"):
             raise SlackRequestError(f"Invalid URL detected: {url}")
         resp = self._http.post(url, content=req.data, headers=dict(req.header_items()))
