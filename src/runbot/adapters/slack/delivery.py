@@ -63,6 +63,8 @@ URGENT_TOPICS = frozenset({"approval.requested", "approval.escalated", "approval
 REFUSED = frozenset({"invalid_blocks", "msg_too_long", "msg_blocks_too_long", "invalid_arguments",
                      "invalid_blocks_format", "too_many_attachments"})  # fmt: skip
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "aborted", "skipped"})
+STORM_ACTIONABLE = frozenset({"approval.requested", "approval.escalated", "approval.voted", "step.in_doubt",
+                              "step.held"})  # what a storm run still posts or updates  # fmt: skip
 MERGE_BUDGET = 6000  # block text per merged step-results reply
 MERGE_MAX = 10  # step results per merged reply
 OUTPUT_INLINE = 1500  # longer outputs go to the thread as a file
@@ -111,6 +113,7 @@ class Delivery(WorkerThread):
         self._later: dict[str, float] = {}  # run id -> monotonic time its paced root update is due
         self._later_summary: dict[str, float] = {}  # incident id -> when its summary is to be brought up to date
         self._storm_rank: dict[str, int] = {}  # run id -> runs of its incident created before it
+        self._storm_incident: dict[str, str] = {}  # run id -> incident, for runs shown only in a summary
         self._last_prune = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -248,6 +251,10 @@ class Delivery(WorkerThread):
     # ---- a run's messages ---------------------------------------------------------------------------------------
 
     def _deliver_run(self, run_id: str, batch: list[Row]) -> None:
+        inc = self._storm_incident.get(run_id)
+        if inc is not None and not any(r.topic in STORM_ACTIONABLE for r in batch):
+            self._summary_due(inc)  # a storm run's progress: only its incident's summary changes
+            return
         view = load_run_view(self.rt, run_id)
         if view is None:
             return
@@ -287,6 +294,7 @@ class Delivery(WorkerThread):
                         RUNS.c.incident_id == inc, RUNS.c.created_at < view.run["created_at"])).scalar_one())  # fmt: skip
             if len(self._storm_rank) > 100_000:
                 self._storm_rank.clear()
+                self._storm_incident.clear()
             self._storm_rank[view.id] = known
         return known >= self.settings.slack_storm_threads
 
@@ -298,8 +306,12 @@ class Delivery(WorkerThread):
             if row.topic in ("approval.requested", "approval.escalated", "step.in_doubt", "step.held"):
                 self._handle(view, summary, row)
         self.refresh(view)  # its approval messages (decisions)
-        self._later_summary[inc] = min(self._later_summary.get(inc, float("inf")),
-                                       time.monotonic() + self.pacer.update_due(summary.key))  # fmt: skip
+        self._storm_incident[view.id] = inc
+        self._summary_due(inc)
+
+    def _summary_due(self, inc: str) -> None:
+        due = time.monotonic() + self.pacer.update_due(f"incident:{inc}:summary")
+        self._later_summary[inc] = min(self._later_summary.get(inc, float("inf")), due)
 
     def _ensure_summary(self, incident_id: str) -> Ref:
         key = f"incident:{incident_id}:summary"
