@@ -113,6 +113,7 @@ class Delivery(WorkerThread):
         self._later: dict[str, float] = {}  # run id -> monotonic time its paced root update is due
         self._later_summary: dict[str, float] = {}  # incident id -> when its summary is to be brought up to date
         self._storm_rank: dict[str, int] = {}  # run id -> runs of its incident created before it
+        self._channel_ids: dict[str, str] = {}  # channel as configured ("#ops") -> its id, as Slack answered
         self._storm_incident: dict[str, str] = {}  # run id -> incident, for runs shown only in a summary
         self._last_prune = 0.0
 
@@ -152,8 +153,14 @@ class Delivery(WorkerThread):
             raise
 
     def _post(self, priority: int, **kw: Any) -> Any:
-        return self._api("chat.postMessage", str(kw.get("channel") or ""), priority, self.client.chat_postMessage,
+        named = str(kw.get("channel") or "")
+        channel = self._channel_ids.get(named, named)  # "#ops" and "C0OPS" share one allowance
+        resp = self._api("chat.postMessage", channel, priority, self.client.chat_postMessage,
                          unfurl_links=False, unfurl_media=False, **kw)  # fmt: skip
+        with contextlib.suppress(Exception):
+            if resp["channel"] != named and len(self._channel_ids) < 10_000:
+                self._channel_ids[named] = str(resp["channel"])
+        return resp
 
     def _count_limited(self, method: str) -> None:
         with contextlib.suppress(Exception):
@@ -164,9 +171,13 @@ class Delivery(WorkerThread):
     def deliver_due(self, limit: int = 500) -> int:
         """Deliver what is due now, most urgent runs first; returns the number of rows delivered."""
         now = utcnow()
-        with self.rt.db.read() as conn:
-            rows = conn.execute(select(OUTBOX).where(OUTBOX.c.delivered_at.is_(None))
-                                .order_by(OUTBOX.c.id).limit(limit)).mappings().all()  # fmt: skip
+        with self.rt.db.read() as conn:  # urgent rows are read apart: a backlog of progress never hides them
+            urgent = conn.execute(select(OUTBOX).where(OUTBOX.c.delivered_at.is_(None),
+                                                       OUTBOX.c.topic.in_(sorted(URGENT_TOPICS)))
+                                  .order_by(OUTBOX.c.id).limit(limit)).mappings().all()  # fmt: skip
+            oldest = conn.execute(select(OUTBOX).where(OUTBOX.c.delivered_at.is_(None))
+                                  .order_by(OUTBOX.c.id).limit(limit)).mappings().all()  # fmt: skip
+        rows = sorted({r["id"]: r for r in [*oldest, *urgent]}.values(), key=lambda r: r["id"])
         groups: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         for r in rows:
             groups.setdefault(r["run_id"] or f"row:{r['id']}", []).append(dict(r))
