@@ -214,6 +214,15 @@ class Settings(BaseSettings):
     )
     slack_outbox_poll: float = Field(default=0.5, gt=0, description="Seconds between outbox scans")
     slack_retry_max: float = Field(default=300.0, gt=0, description="Longest wait between delivery attempts")
+    slack_rate_scale: float = Field(
+        default=1.0, gt=0, description="Multiplies Slack's rate limits runbot paces itself to (tests: a faster fake)"
+    )
+    slack_update_interval: float = Field(
+        default=3.0, ge=0, description="Seconds between two in-place updates of one live run message"
+    )
+    slack_storm_threads: int = Field(
+        default=5, ge=1, description="Runs of one incident that get a thread each; later ones share one summary"
+    )
     slack_max_attempts: int = Field(
         default=8, ge=1, description="Attempts before a message Slack refuses for good (not 429/5xx) is dropped"
     )

@@ -338,6 +338,10 @@ def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix i
 
         for line in lease_lines(rt.db, run_id):  # Vault leases: id, step, TTL, state; never a value
             typer.echo(line)
+        from runbot.adapters.slack.refusals import refusal_lines
+
+        for line in refusal_lines(rt.db, run_id):  # messages Slack refused (an approval request included)
+            typer.echo(line)
     finally:
         rt.close()
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -119,6 +119,7 @@ class Engine(ControlMixin):
         self.secrets = secrets
         self.owner = owner or settings.owner_id
         self.outbox_enabled = False
+        self.on_outbox: Callable[[], None] | None = None  # called after a commit that queued outbox rows
         self._books: dict[int, LoadedRunbook] = {}
         self._books_lock = threading.Lock()
         self._active: dict[str, int] = {}
@@ -148,6 +149,7 @@ class Engine(ControlMixin):
         """Another worker loop sharing this engine's configuration and hooks (PostgreSQL: parallel commits)."""
         peer = Engine(self.settings, self.db, self.registry, self.secrets, owner=f"{self.owner}/{n}")
         peer.outbox_enabled = self.outbox_enabled
+        peer.on_outbox = self.on_outbox
         peer.on_run_end = self.on_run_end
         peer.hold_checks = self.hold_checks
         peer.stats = self.stats
@@ -782,6 +784,8 @@ class Engine(ControlMixin):
                     cache.advance(raw.audit_rows[-1]["seq"], raw.audit_rows[-1]["hash"])
         for _, _, at in timers or []:
             self._schedule_wake(at)
+        if outbox and self.outbox_enabled and self.on_outbox is not None:
+            self.on_outbox()  # delivery starts now, not at its next poll
 
     def _side_rows(self, R: RunState, artifacts: list[tuple[str, str, str, bytes]],
                    timers: Sequence[tuple[str | None, str, datetime]], outbox: list[tuple[str, dict[str, Any]]],

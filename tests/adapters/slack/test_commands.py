@@ -62,6 +62,7 @@ def runs_of(bot: Bot, name: str) -> list[dict]:
     ("frobnicate", "Unknown command `frobnicate`"),
     ("run", "Which runbook?"),
     ("run nope", "No runbook named `nope`"),
+    ("run <b&d>", "No runbook named `&lt;b&amp;d&gt;`"),  # escaped once, not twice (`&amp;lt;`)
     ("run api-errors oops", "Parameters are key=value"),
     ("approve", "Usage: `approve RUN [STEP]`"),
     ("status r-does-not-exist", "no run 'r-does-not-exist'"),

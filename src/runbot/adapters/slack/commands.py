@@ -88,8 +88,8 @@ class Commands:
             return Reply(f":no_entry: {E.esc(problem)}.")
         try:
             return handler(actor, args, origin)
-        except BadArgs as exc:
-            return Reply(f":warning: {E.esc(exc)}\n{usage(self.cmd)}")
+        except BadArgs as exc:  # its message is mrkdwn already (untrusted parts escaped where it was written)
+            return Reply(f":warning: {exc}\n{usage(self.cmd)}")
         except CommandError as exc:
             return Reply(f":no_entry: {E.esc(exc)}")
         except DirectoryError as exc:
