@@ -188,7 +188,8 @@ class Settings(BaseSettings):
         default=None, description="User group pinged (and allowed to approve) on escalation"
     )
     slack_usergroup_map: dict[str, str] = Field(
-        default_factory=dict, description='Approver names (e.g. `owner` label values) to user groups: {"team-api": "S0API"}'
+        default_factory=dict, description='Aliases for group names in runbooks and settings: {"oncall": "S0API"} '
+        "(alert label values go through RUNBOT_APPROVAL_LABEL_GROUPS)"
     )
     slack_usergroup_cache_seconds: float = Field(default=60.0, ge=0, description="How long group members are cached")
     slack_command: str = Field(default="/runbot", description="The slash command's name")
