@@ -240,7 +240,7 @@ class ControlMixin:
                 raise CommandError("this approval request has expired")
             prior = [PriorVote(v.user_id, v.decision) for v in conn.execute(
                 select(VOTES.c.user_id, VOTES.c.decision).where(VOTES.c.approval_id == approval_id))]  # fmt: skip
-            verdict = decide(ApprovalRequest.from_row(appr, cfg), voter, approve, prior, cfg, member_of)
+            verdict = decide(ApprovalRequest.from_row(dict(appr), cfg), voter, approve, prior, cfg, member_of)
             if not verdict.allowed:
                 refused = (dict(appr), dict(run), verdict.reason)
             else:
@@ -303,7 +303,7 @@ class ControlMixin:
                 return "unknown approval"
             prior = [PriorVote(v.user_id, v.decision) for v in conn.execute(
                 select(VOTES.c.user_id, VOTES.c.decision).where(VOTES.c.approval_id == approval_id))]  # fmt: skip
-        verdict = decide(ApprovalRequest.from_row(appr, cfg), voter, approve, prior, cfg, member_of)
+        verdict = decide(ApprovalRequest.from_row(dict(appr), cfg), voter, approve, prior, cfg, member_of)
         return None if verdict.allowed else verdict.reason
 
     def audit_refusal(self, appr: Mapping[str, Any], run: Mapping[str, Any], voter: Identity, why: str,
