@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     def _identity_map(cls, v: dict[str, str]) -> dict[str, str]:
         import re
 
-        bad = [k for k in v if not re.fullmatch(r"slack:([TE][A-Z0-9]{2,20}/)?[UW][A-Z0-9]{2,20}", k)]
+        bad = [k for k in v if not re.fullmatch(r"slack:([TE][A-Z0-9]{1,20}/)?[UW][A-Z0-9]{1,20}", k)]
         if bad:
             raise ValueError(f"identity_map keys must be slack:U… or slack:T…/U… user ids, not {bad}")
         return {k: str(u).removeprefix("cli:") for k, u in v.items() if str(u).strip()}

@@ -120,3 +120,16 @@ def test_describe_names_every_kind_of_approver() -> None:
     assert req.describe(TABLE) == ["group:sre-oncall", "user:U0BOB", "label:owner=team-api->S0API",
                                    "label:team=*->(nobody)", "escalation:S0ESC", "cli:alice"]  # fmt: skip
     assert who_voted("cli:root", "root", "bob") == "root (cli:root) for bob"
+
+
+def test_the_settings_refuse_a_name_as_a_slack_key_and_default_to_the_safe_side() -> None:
+    from pydantic import ValidationError
+
+    from runbot.settings import Settings
+
+    with pytest.raises(ValidationError, match="identity_map keys must be slack:U"):
+        Settings(identity_map={"alice": "alice"})
+    s = Settings(identity_map={"slack:T0TEAM/U0ALICE": "cli:alice"}, approval_label_groups={"team-api": ["S0API"]})
+    cfg = PolicyConfig.from_settings(s)
+    assert cfg.person(ALICE) == "host:alice" and not cfg.cli_any_host_user
+    assert Settings().slack_freeze_allow == []  # the kill switch: operators only unless configured

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 Kind = Literal["slack", "host", "internal"]
 
-SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{1,20}$")
 SLACK_TEAM_ID = re.compile(r"^[TE][A-Z0-9]{2,20}$")
 LABEL_SETTING = "RUNBOT_APPROVAL_LABEL_GROUPS"
 MAP_SETTING = "RUNBOT_IDENTITY_MAP"

@@ -154,3 +154,14 @@ def test_a_cli_vote_first_then_the_same_persons_click_is_refused_in_slack(bots: 
 def _requested(bot: Bot) -> list[Any]:
     with bot.rt.db.read() as conn:
         return [r.details for r in conn.execute(select(EVENTS.c.details).where(EVENTS.c.action == "approval.requested"))]
+
+
+def test_the_slash_command_meets_the_same_policy_and_words(bots: Bots) -> None:
+    bot = start(bots, approvers={"from_labels": ["owner"]})
+    run_id = bot.alert_run("api-errors", labels={"owner": "*"})
+    bot.approval_message(run_id)
+    _, rurl = bot.command(f"approve {run_id}", CAROL)
+    answer = bot.answer(rurl)
+    assert "label owner='*' is not in RUNBOT_APPROVAL_LABEL_GROUPS" in answer, answer
+    assert bot.run_status(run_id) == "waiting" and rollbacks(bot) == 0
+    assert "label owner='*'" in refusals(bot)[-1][1]
