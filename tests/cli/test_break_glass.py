@@ -132,3 +132,4 @@ def test_two_as_names_from_one_host_user_are_one_approval(host, db_url) -> None:
         approved = conn.execute(select(EVENTS.c.actor, EVENTS.c.details).where(EVENTS.c.action == "approval.vote")).one()
     assert [tuple(v) for v in votes] == [(f"cli:{ME}", "alice", f"host:{ME}")]  # --as recorded, not the identity
     assert approved.actor == f"cli:{ME} for alice (break-glass)" and approved.details["on_behalf_of"] == "alice"
+    assert f"votes {ME} (cli:{ME}) for alice:approve" in rb(env, "runs", "show", run_id).stdout

@@ -303,6 +303,8 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix is enough).")) -> None:
     """One run: its steps with timings and errors, approvals, artifacts."""
+    from runbot.engine.approvals import who_voted
+
     rt = runtime()
     try:
         run_id = rt.engine.resolve_run_id(run_ref)
@@ -327,7 +329,8 @@ def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix i
         typer.echo("")
         typer.echo(_table(["STEP", "TYPE", "#", "STATUS", "STARTED", "TOOK", "RESULT / ERROR"], rows))
         for a in d["approvals"]:
-            votes = ", ".join(f"{v['user_name'] or v['user_id']}:{v['decision']}" for v in a["votes"]) or "none"
+            votes = ", ".join(f"{who_voted(v['user_id'], v['user_name'], v.get('on_behalf_of'))}:{v['decision']}"
+                              for v in a["votes"]) or "none"  # fmt: skip
             typer.echo(f"\napproval {a['id']} for {a['step_id']}: {a['status']} (needs {a['min_approvals']}; votes {votes})")
         for art in d["artifacts"]:
             typer.echo(f"artifact {art['id']}: {art['step_id']}/{art['name']} ({art['content_type']})")
