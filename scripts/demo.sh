@@ -18,9 +18,10 @@ cat <<MSG
 runbot is starting on http://127.0.0.1:${RUNBOT_PORT:-8080} (SQLite in ${RUNBOT_DATA_DIR}/runbot.db).
 In another terminal:
   export RUNBOT_ALERTMANAGER_WEBHOOK_TOKEN=${RUNBOT_ALERTMANAGER_WEBHOOK_TOKEN}
+  export RUNBOT_APPROVAL_CLI_ANY_HOST_USER=true   # demo only: steps without cli_users may be approved by any host user
   .venv/bin/runbot fire runbooks/examples/disk-usage-firing.json   # send a sample Alertmanager alert
   .venv/bin/runbot runs list                                        # see the run
-  .venv/bin/runbot runs approve <RUN> --as you                      # approve the guarded remediation
+  .venv/bin/runbot runs approve <RUN>                               # approve the guarded remediation (as your host user)
   .venv/bin/runbot runs show <RUN>                                  # steps, timings, results
 MSG
 exec .venv/bin/runbot serve

@@ -188,7 +188,8 @@ class Settings(BaseSettings):
         default=None, description="User group pinged (and allowed to approve) on escalation"
     )
     slack_usergroup_map: dict[str, str] = Field(
-        default_factory=dict, description='Approver names (e.g. `owner` label values) to user groups: {"team-api": "S0API"}'
+        default_factory=dict, description='Aliases for group names in runbooks and settings: {"oncall": "S0API"} '
+        "(alert label values go through RUNBOT_APPROVAL_LABEL_GROUPS)"
     )
     slack_usergroup_cache_seconds: float = Field(default=60.0, ge=0, description="How long group members are cached")
     slack_command: str = Field(default="/runbot", description="The slash command's name")
@@ -201,8 +202,36 @@ class Settings(BaseSettings):
         default_factory=list, description="Users/user groups who may cancel any run and unfreeze"
     )
     slack_freeze_allow: list[str] = Field(
-        default_factory=lambda: ["*"], description="Who may pull the kill switch (`freeze`); default anyone"
+        default_factory=list,
+        description="Who may pull the kill switch (`freeze`) besides the operators: user ids, user group ids or "
+        'handles, or "*" (anyone). Default: operators only (any workspace member could otherwise stop all remediations)',
     )
+    # --- approval policy (engine/approvals.py) ---
+    approval_label_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='`approvers.from_labels`: label value -> Slack user groups allowed to approve, e.g. '
+        '{"team-api": ["S0APIGROUP"]}. A label value not in this table names nobody (never a user or "*")',
+    )
+    identity_map: dict[str, str] = Field(
+        default_factory=dict,
+        description='Slack accounts to host users, e.g. {"slack:U0ALICE": "alice"}: one person across Slack and '
+        "the CLI, for self-approval and distinct approvers (keys slack:U… or slack:T…/U…)",
+    )
+    approval_cli_any_host_user: bool = Field(
+        default=False,
+        description="Allow CLI break-glass approval by any host user when a step lists no `approvers.cli_users`. "
+        "Default false: such steps cannot be approved from the host",
+    )
+    @field_validator("identity_map", mode="after")
+    @classmethod
+    def _identity_map(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"slack:([TE][A-Z0-9]{1,20}/)?[UW][A-Z0-9]{1,20}", k)]
+        if bad:
+            raise ValueError(f"identity_map keys must be slack:U… or slack:T…/U… user ids, not {bad}")
+        return {k: str(u).removeprefix("cli:") for k, u in v.items() if str(u).strip()}
+
     slack_incident_channels: bool = Field(default=False, description="Create a channel per incident and invite owners")
     slack_incident_channel_prefix: str = Field(default="inc", description="Incident channel name prefix")
     slack_incident_channel_invite: list[str] = Field(

@@ -164,7 +164,7 @@ def test_csv_opens_with_the_stdlib_reader_and_names_actors_decisions_and_approve
     requested = next(r for r in rows if r["action"] == "approval.requested" and r["step_id"] == "rollback")
     params = json.loads(requested["parameters"])
     assert params["headers"]["Authorization"] == "Bearer ****(kv/deployer#token)"
-    assert requested["approvers"] == f"{ALICE[0]}; {BOB[0]}"
+    assert requested["approvers"] == f"user:{ALICE[0]}; user:{BOB[0]}"  # every kind of approver, named by kind
     finished = rows[-1]
     assert finished["action"] == "run.finished" and finished["outcome"] == "succeeded"
     assert all(r["time"].endswith("Z") and r["time"][10] == "T" for r in rows)

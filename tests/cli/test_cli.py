@@ -59,10 +59,17 @@ def test_match_explains_matches_and_misses(env, tmp_path):
 
 
 def test_manual_run_waits_for_approval_then_break_glass_approval_finishes_it(env, tmp_path):
+    env = {**env, "RUNBOT_APPROVAL_CLI_ANY_HOST_USER": "true"}  # the step lists no cli_users
     out = rb(env, "run", "disk", "--param", "keep_days=3").stdout
     run_id = out.split()[1]
     assert "waiting" in out and f"runbot runs approve {run_id} --step clean" in out
     assert "approval" in rb(env, "runs", "show", run_id[:6]).stdout
+    refused = rb(env, "runs", "approve", run_id, "--as", "alice", ok=False).stderr  # you started it yourself
+    assert "refused: you requested this run and the runbook does not allow self-approval" in refused
+    allowed = write_runbook(Path(env["RUNBOT_RUNBOOKS_DIR"]), "disk", (Path(env["RUNBOT_RUNBOOKS_DIR"]) / "disk.yaml")
+                            .read_text().replace("timeout: 10m}", "timeout: 10m, allow_self_approval: true}"))
+    assert "allow_self_approval" in allowed.read_text()
+    run_id = rb(env, "run", "disk", "--param", "keep_days=3").stdout.split()[1]
     rb(env, "runs", "approve", run_id, "--as", "alice")
     follow = rb(env, "runs", "resume", run_id).stdout
     assert "cleaning logs older than 3 days" in follow and "succeeded" in follow
@@ -73,7 +80,7 @@ def test_manual_run_waits_for_approval_then_break_glass_approval_finishes_it(env
 
 def test_dry_run_executes_nothing(env):
     out = rb(env, "run", "disk", "--dry-run").stdout
-    assert "nothing is executed" in out and "approval: 1 of sre" in out
+    assert "nothing is executed" in out and "approval: 1 of group:sre" in out
     assert "cleaning logs older than 7 days" in out
     assert rb(env, "runs", "list").stdout.count("\n") <= 2
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import sys
 import time
@@ -74,10 +73,8 @@ def runtime(upgrade: bool = True) -> Any:
 
 
 def user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli:unknown"
+    """The host user as runbot names them in runs and the audit trail (real uid, see host_user)."""
+    return f"cli:{host_user()}"
 
 
 def _fmt_ts(ts: datetime | None) -> str:
@@ -207,7 +204,9 @@ def run_cmd(
         except ValueError as exc:
             fail(str(exc))
         typer.echo(f"dry run of {book.name} (version {book.short_version}); nothing is executed")
-        for entry in plan(book, alert_obj, resolved, reg):
+        from runbot.engine.approvals import PolicyConfig
+
+        for entry in plan(book, alert_obj, resolved, reg, PolicyConfig.from_settings(s)):
             typer.echo(entry)
         return
     rt = runtime()
@@ -248,7 +247,7 @@ def _follow(rt: Any, run_id: str, max_sleep: float = 120.0) -> None:
         if wake is None or pending:
             typer.echo(f"run {run_id} is waiting: {run['reason']}")
             for a in pending:
-                typer.echo(f"  approve with: runbot runs approve {run_id} --step {a['step_id']} --as YOUR_NAME "
+                typer.echo(f"  approve with: runbot runs approve {run_id} --step {a['step_id']} [--as ON_BEHALF_OF] "
                            f"(expires {_fmt_ts(a['expires_at'])}Z)")  # fmt: skip
             return
         delay = (wake - utcnow()).total_seconds()
@@ -306,6 +305,8 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix is enough).")) -> None:
     """One run: its steps with timings and errors, approvals, artifacts."""
+    from runbot.engine.approvals import who_voted
+
     rt = runtime()
     try:
         run_id = rt.engine.resolve_run_id(run_ref)
@@ -330,7 +331,8 @@ def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix i
         typer.echo("")
         typer.echo(_table(["STEP", "TYPE", "#", "STATUS", "STARTED", "TOOK", "RESULT / ERROR"], rows))
         for a in d["approvals"]:
-            votes = ", ".join(f"{v['user_name'] or v['user_id']}:{v['decision']}" for v in a["votes"]) or "none"
+            votes = ", ".join(f"{who_voted(v['user_id'], v['user_name'], v.get('on_behalf_of'))}:{v['decision']}"
+                              for v in a["votes"]) or "none"  # fmt: skip
             typer.echo(f"\napproval {a['id']} for {a['step_id']}: {a['status']} (needs {a['min_approvals']}; votes {votes})")
         for art in d["artifacts"]:
             typer.echo(f"artifact {art['id']}: {art['step_id']}/{art['name']} ({art['content_type']})")
@@ -368,7 +370,21 @@ def runs_decide(
         rt.close()
 
 
-def _vote(run_ref: str, step: str | None, as_user: str, approve: bool, reason: str | None) -> None:
+def host_user() -> str:
+    """The OS user running this command, by the real uid (not $USER or $LOGNAME, which anyone can set)."""
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
+
+
+def _vote(run_ref: str, step: str | None, as_user: str | None, approve: bool, reason: str | None) -> None:
+    from runbot.engine.approvals import Identity
+    from runbot.engine.control import CommandError
+
     rt = runtime()
     try:
         run_id = rt.engine.resolve_run_id(run_ref)
@@ -377,8 +393,15 @@ def _vote(run_ref: str, step: str | None, as_user: str, approve: bool, reason: s
             fail(f"run {run_id} has no pending approval" + (f" for step {step}" if step else ""))
         if len(pending) > 1:
             fail("several approvals are pending", "name one with --step " + " | ".join(a["step_id"] for a in pending))
-        res = rt.engine.vote(pending[0]["id"], f"cli:{as_user}", approve, user_name=as_user, reason=reason,
-                             actor=f"{user()} as {as_user} (break-glass)", break_glass=True)  # fmt: skip
+        me = host_user()
+        on_behalf = as_user if as_user and as_user != me else None
+        try:  # the engine's approval policy decides: cli_users, self-approval, distinct people
+            res = rt.engine.vote(pending[0]["id"], Identity.host(me), approve, user_name=me, reason=reason,
+                                 actor=f"cli:{me}" + (f" for {on_behalf}" if on_behalf else "") + " (break-glass)",
+                                 break_glass=True, on_behalf_of=on_behalf)  # fmt: skip
+        except CommandError as exc:
+            fail(f"refused: {exc}", "approvals are checked against the host user running runbot "
+                 f"({me}); --as only records on whose behalf you act")  # fmt: skip
         typer.echo(res.message)
     finally:
         rt.close()
@@ -387,17 +410,17 @@ def _vote(run_ref: str, step: str | None, as_user: str, approve: bool, reason: s
 @runs_app.command("approve")
 def runs_approve(
     run_ref: str = typer.Argument(...),
-    as_user: str = typer.Option(..., "--as", help="Who approves (audited as break-glass)."),
+    as_user: str | None = typer.Option(None, "--as", help="On whose behalf you approve (recorded; you are the host user)."),
     step: str | None = typer.Option(None, help="Step id, when several approvals are pending."),
 ) -> None:
-    """Approve a pending remediation from the host (break-glass when Slack is unavailable)."""
+    """Approve a pending remediation from the host (break-glass): allowed for the step's `cli_users`."""
     _vote(run_ref, step, as_user, True, None)
 
 
 @runs_app.command("deny")
 def runs_deny(
     run_ref: str = typer.Argument(...),
-    as_user: str = typer.Option(..., "--as", help="Who denies (audited)."),
+    as_user: str | None = typer.Option(None, "--as", help="On whose behalf you deny (recorded)."),
     step: str | None = typer.Option(None),
     reason: str | None = typer.Option(None),
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runbot.engine.approvals import ApprovalRequest, PolicyConfig
 from runbot.engine.runner import EMPTY_ALERT
 from runbot.runbooks.loader import LoadedRunbook
 from runbot.runbooks.model import StepSpec
@@ -22,7 +23,9 @@ def _show(value: Any, scope: dict[str, Any]) -> str:
     return text + (f"  secrets: {', '.join(refs)}" if refs else "")
 
 
-def plan(book: LoadedRunbook, alert: dict[str, Any] | None, params: dict[str, Any], registry: StepRegistry) -> list[str]:
+def plan(book: LoadedRunbook, alert: dict[str, Any] | None, params: dict[str, Any], registry: StepRegistry,
+         cfg: PolicyConfig | None = None) -> list[str]:  # fmt: skip
+    """Every approver kind is shown as the policy sees it: groups, users, label -> groups (or nobody), cli users."""
     scope = {"alert": alert or EMPTY_ALERT, "incident": {}, "params": params, "steps": {},
              "run": {"id": "(dry-run)", "runbook": book.name, "requester": "(dry-run)", "manual": True}}  # fmt: skip
     lines: list[str] = []
@@ -36,8 +39,9 @@ def plan(book: LoadedRunbook, alert: dict[str, Any] | None, params: dict[str, An
         lines.append(f"{indent}    with: {_show(step.with_, scope)}")
         if step.approval:
             a = step.approval
-            who = a.approvers.slack_usergroups + a.approvers.slack_users + [f"label:{x}" for x in a.approvers.from_labels]
-            lines.append(f"{indent}    approval: {a.min_approvals} of {', '.join(who) or '(anyone allowed)'}; "
+            req = ApprovalRequest.from_spec(a, (alert or {}).get("labels"))
+            who = req.describe(cfg or PolicyConfig())
+            lines.append(f"{indent}    approval: {a.min_approvals} of {', '.join(who) or '(nobody: no approvers)'}; "
                          f"timeout {a.timeout:g}s then {a.on_timeout}; self-approval "
                          f"{'allowed' if a.allow_self_approval else 'refused'}")  # fmt: skip
         if step.retry:

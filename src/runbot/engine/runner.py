@@ -27,6 +27,7 @@ from runbot import tracing
 from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
 from runbot.engine import pgcommit
+from runbot.engine.approvals import ApprovalRequest, PolicyConfig
 from runbot.engine.control import ControlMixin
 from runbot.engine.guards import HOLD_RECHECK_SECONDS, Hold, remediation_hold
 from runbot.engine.ports import SecretError, SecretProvider
@@ -946,11 +947,9 @@ class Engine(ControlMixin):
                 rendered = render(step.with_, R.scope)
             except TemplateFailure as exc:
                 return self._fail_before_start(R, step, f"template error in `with`: {exc}")
-            groups = list(spec.approvers.slack_usergroups)
-            labels = (R.scope.get("alert") or {}).get("labels") or {}
-            groups += [labels[lbl] for lbl in spec.approvers.from_labels if labels.get(lbl)]
-            policy = {"slack_users": spec.approvers.slack_users, "slack_usergroups": groups,
-                      "cli_users": spec.approvers.cli_users, "allow_self_approval": spec.allow_self_approval,
+            # label values are kept apart and only ever looked up in approval_label_groups (engine/approvals.py)
+            req = ApprovalRequest.from_spec(spec, (R.scope.get("alert") or {}).get("labels"), R.row["requester"])
+            policy = {**req.policy_fields(),
                       "on_timeout": spec.on_timeout, "on_deny": spec.on_deny, "escalate_to": spec.escalate_to,
                       "step_type": step.type, "step_name": step.name or step.sid,
                       "params": mask_placeholders(rendered), "secrets": secret_refs(rendered),
@@ -966,7 +965,7 @@ class Engine(ControlMixin):
             self._commit(R, extra=add, timers=[(step.sid, "approval_timeout", appr["expires_at"])],
                          events=[R.event("approval.requested", step_id=step.sid, outcome="pending",
                                          approval_id=appr["id"], min_approvals=spec.min_approvals,
-                                         approvers=policy["slack_usergroups"] + policy["slack_users"],
+                                         approvers=req.describe(PolicyConfig.from_settings(self.settings)),
                                          params=policy["params"], secrets=policy["secrets"],
                                          expires_at=appr["expires_at"].isoformat())],
                          outbox=[("approval.requested", {"run_id": R.id, "step_id": step.sid,

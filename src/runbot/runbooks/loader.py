@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from runbot.engine.approvals import SLACK_USER_ID
 from runbot.runbooks.matchers import lint_entry
 from runbot.runbooks.model import Runbook, StepSpec
 from runbot.runbooks.templating import (
@@ -192,6 +193,12 @@ class _Linter:
                      "or a top-level `unattended: {reason: ...}` to opt in to unattended remediation")  # fmt: skip
         if step.approval and step.approval.on_timeout == "escalate" and not step.approval.escalate_to:
             pass  # escalation target defaults to the approvers; nothing to report
+        if step.approval:  # the approval policy matches people by id only (engine/approvals.py)
+            for j, u in enumerate(step.approval.approvers.slack_users):
+                if not SLACK_USER_ID.match(u.removeprefix("slack:")):
+                    self.add((*path, "approval", "approvers", "slack_users", j),
+                             f"{u!r} is not a Slack user id (U… or W…): names and '*' never match anybody; "
+                             "use the user's id, or a user group in slack_usergroups")  # fmt: skip
         if step.verify is not None:
             self.plugin_check((*path, "verify"), step.verify.type, step.verify.with_)
             self.templates((*path, "verify", "with"), step.verify.with_, params, known | {step.sid}, None)

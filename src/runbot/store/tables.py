@@ -168,6 +168,8 @@ class ApprovalVote(SQLModel, table=True):
     approval_id: str = Field(index=True)
     user_id: str
     user_name: str | None = None
+    person: str | None = None  # who counts for min_approvals and self-approval (engine/approvals.py)
+    on_behalf_of: str | None = None  # CLI `--as NAME`: recorded, never the identity
     decision: str  # approve | deny
     reason: str | None = None
     at: datetime = _dt(nullable=False)

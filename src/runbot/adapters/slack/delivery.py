@@ -451,7 +451,10 @@ class Delivery(WorkerThread):
                 if step.approval is not None:
                     a = step.approval.approvers
                     refs += a.slack_users + a.slack_usergroups
-                    refs += [str(labels[lbl]) for lbl in a.from_labels if labels.get(lbl)]
+                    # a label value names groups only through the configured table, never by itself: a hostile
+                    # label must not choose who is invited (the same rule as for approving)
+                    table = self.settings.approval_label_groups
+                    refs += [g for lbl in a.from_labels for g in table.get(str(labels.get(lbl) or ""), [])]
         users: set[str] = set()
         for ref in dict.fromkeys(refs):
             r = ref.removeprefix("slack:")

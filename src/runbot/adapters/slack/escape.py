@@ -113,7 +113,8 @@ def link(url: Any, label: Any) -> str:
 def user(ref: str) -> str:
     """Mention a user by id; anything that is not a well-formed id is shown as escaped text."""
     ref = ref.removeprefix("slack:")
-    return f"<@{ref}>" if _USER_ID.match(ref) else esc(ref)
+    uid = ref.rpartition("/")[2]  # `slack:T…/U…`: the user id after the team
+    return f"<@{uid}>" if _USER_ID.match(uid) else esc(ref)
 
 
 def usergroup(ref: str, handle: str | None = None) -> str:
