@@ -475,9 +475,11 @@ def serve(
     from runbot.app import create_app
     from runbot.observability import configure_logging
 
+    from runbot.app import build_runtime
+
     s = settings()
-    configure_logging(s.log_level, s.log_format)
-    rt = runtime()
+    configure_logging(s.log_level, s.log_format)  # before the runtime, so its start (migrations) is logged
+    rt = build_runtime(s)
     for p in rt.catalog.problems:
         typer.echo(f"warning: runbook skipped: {p}", err=True)
     typer.echo(f"runbot serving on http://{host or s.host}:{port or s.port} with {len(rt.catalog.all())} runbook(s)", err=True)
