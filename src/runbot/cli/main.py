@@ -472,10 +472,8 @@ def serve(
     """Run the bot: HTTP endpoints and the engine."""
     import uvicorn
 
-    from runbot.app import create_app
+    from runbot.app import build_runtime, create_app
     from runbot.observability import configure_logging
-
-    from runbot.app import build_runtime
 
     s = settings()
     configure_logging(s.log_level, s.log_format)  # before the runtime, so its start (migrations) is logged
