@@ -372,7 +372,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        from runbot.settings_files import CredentialFileSource  # RUNBOT_<CREDENTIAL>_FILE
+
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, CredentialFileSource(settings_cls)]
         cfg = _config_file_from(init_settings)
         if cfg is not None:
             if cfg.suffix in (".toml",):

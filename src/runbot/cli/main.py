@@ -61,8 +61,12 @@ def _root(
 
 def settings() -> Settings:
     from runbot.observability import configure_logging
+    from runbot.settings_files import SettingsFileError
 
-    s = load_settings(config_file=STATE["config"])
+    try:
+        s = load_settings(config_file=STATE["config"])
+    except SettingsFileError as exc:  # RUNBOT_*_FILE: one line and a hint, like every CLI error
+        fail(exc.message, exc.hint)
     configure_logging("WARNING" if not STATE["debug"] else "DEBUG", s.log_format)
     return s
 
