@@ -124,12 +124,13 @@ class EngineThread:
     def alive(self) -> bool:
         return bool(self.threads) and all(t.is_alive() for t in self.threads)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self.engine.stop()
+    def stop(self, timeout: float = 10.0, grace: float = 0.0) -> None:
+        """`grace`: seconds steps in flight may take to finish (SIGTERM drain); then runs are handed over."""
+        self.engine.stop(grace)
         for peer in self.engine.peers:
-            peer.stop()
+            peer.stop(grace)
         for t in self.threads:
-            t.join(timeout)
+            t.join(timeout + grace)
 
 
 def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
@@ -148,7 +149,10 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             yield
         finally:
             rt.metrics.engine_up.set(0)
-            engine_thread.stop()
+            # SIGTERM (uvicorn stopped taking requests): drain the engine, then the stoppers flush the Slack
+            # outbox and revoke the Vault token
+            log.info("runbot stopping", drain_seconds=rt.settings.shutdown_grace_seconds)
+            engine_thread.stop(grace=rt.settings.shutdown_grace_seconds)
             rt.close()
 
     app = FastAPI(title="runbot", version=__version__, lifespan=lifespan)

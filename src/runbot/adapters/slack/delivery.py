@@ -77,6 +77,7 @@ class Delivery(WorkerThread):
         self.store = store
         self.paused_until = 0.0  # monotonic; set by a 429 (Slack's limits are per workspace and method)
         self._last_prune = 0.0
+        self._flush_until = 0.0  # monotonic; set by stop()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -91,6 +92,22 @@ class Delivery(WorkerThread):
             except Exception as exc:  # a database hiccup: try again next tick
                 log.error("outbox pass failed", error=f"{type(exc).__name__}: {exc}")
             self._wake.wait(self.settings.slack_outbox_poll)
+        self._flush()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shutdown: what the drained engine queued last is still delivered, for shutdown_flush_seconds at most
+        (what is left waits in the outbox for another replica)."""
+        self._flush_until = time.monotonic() + self.settings.shutdown_flush_seconds
+        super().stop(timeout=max(timeout, self.settings.shutdown_flush_seconds + 1))
+
+    def _flush(self) -> None:
+        while time.monotonic() < self._flush_until:
+            try:
+                if not self.deliver_due():
+                    return
+            except Exception as exc:
+                log.warning("outbox flush on shutdown failed", error=f"{type(exc).__name__}: {exc}")
+                return
 
     # ---- one pass -------------------------------------------------------------------------------------------
 
