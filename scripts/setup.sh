@@ -36,3 +36,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
 fi
+# deploy/ checks (tests/deploy): hadolint, Helm as a library, kubernetes-validate, checkov. checkov pins
+# packaging<24 while pytest wants >=24; both work with the newer one, so it is put back afterwards.
+deploy_stamp=.venv/.runbot-deploy-installed
+if [ ! -f "$deploy_stamp" ] || [ pyproject.toml -nt "$deploy_stamp" ]; then
+  echo "setup: installing the deploy check tools into .venv (pip)"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[deploy]" 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e ".[deploy]"
+  .venv/bin/pip install -q --disable-pip-version-check "packaging>=24" 2>/dev/null || true
+  touch "$deploy_stamp"
+fi
