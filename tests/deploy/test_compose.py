@@ -25,8 +25,11 @@ def test_the_compose_file_is_valid_against_the_compose_specification_schema(stac
     pytest.importorskip("check_jsonschema", reason="pip install '.[deploy]' (check-jsonschema vendors the schema)")
     schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor")
                         .joinpath("compose-spec.json").read_text())
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(stack), key=str)
+    validator = jsonschema.validators.validator_for(schema)(schema)  # the draft the schema names (2020-12)
+    errors = sorted(validator.iter_errors(stack), key=str)
     assert errors == [], [f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors]
+    broken = {**stack, "services": {**stack["services"], "postgres": {**stack["services"]["postgres"], "bogus": 1}}}
+    assert list(validator.iter_errors(broken))  # the schema is really applied
 
 
 def test_two_runbot_replicas_on_postgresql_behind_the_whole_loop(stack):
