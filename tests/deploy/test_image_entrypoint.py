@@ -25,7 +25,7 @@ from tests.deploy.dockerfile import ROOT, final_stage
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the first run installs the dependencies
 
 CONTEXT = ("pyproject.toml", "README.md", "src", "runbooks")  # what .dockerignore lets into the build
 
