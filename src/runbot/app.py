@@ -117,7 +117,10 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             yield
         finally:
             rt.metrics.engine_up.set_function(lambda: 0.0)
-            engine_thread.stop()
+            # SIGTERM (uvicorn stopped taking requests): drain the engine, then the stoppers flush the Slack
+            # outbox and revoke the Vault token
+            log.info("runbot stopping", drain_seconds=rt.settings.shutdown_grace_seconds)
+            engine_thread.stop(grace=rt.settings.shutdown_grace_seconds)
             rt.close()
             tracer.shutdown()
 

@@ -86,13 +86,14 @@ class EngineThread:
     def alive(self) -> bool:
         return bool(self.threads) and all(t.is_alive() for t in self.threads)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, grace: float = 0.0) -> None:
+        """`grace`: seconds steps in flight may take to finish (SIGTERM drain); then runs are handed over."""
         self._stopping = True
-        self.engine.stop()
+        self.engine.stop(grace)
         for peer in self.engine.peers:
-            peer.stop()
+            peer.stop(grace)
         for t in self.threads:
-            t.join(timeout)
+            t.join(timeout + grace)
         for i in range(len(self.threads)):
             self.health.unregister(f"engine-{i}")
             self.health.unregister(f"scheduler-{i}")

@@ -373,6 +373,17 @@ class Settings(BaseSettings):
     )
     # --- end alertmanager intake ---
 
+    # --- deploy ---
+    shutdown_grace_seconds: float = Field(
+        default=15.0, ge=0,
+        description="On SIGTERM: how long steps in flight may take to finish before their runs are handed to "
+        "another replica (keep it below the orchestrator's kill timeout, e.g. terminationGracePeriodSeconds)",
+    )
+    shutdown_flush_seconds: float = Field(
+        default=5.0, ge=0, description="On SIGTERM: how long queued Slack messages are still delivered"
+    )
+    # --- end deploy ---
+
     # --- vault ---
     vault_addr: str | None = Field(default=None, description="Vault/OpenBao address, e.g. https://vault.internal:8200")
     vault_namespace: str | None = Field(default=None, description="Vault Enterprise / OpenBao namespace")
@@ -442,7 +453,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        from runbot.settings_files import CredentialFileSource  # RUNBOT_<CREDENTIAL>_FILE
+
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, CredentialFileSource(settings_cls)]
         cfg = _config_file_from(init_settings)
         if cfg is not None:
             if cfg.suffix in (".toml",):

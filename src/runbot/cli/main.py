@@ -60,8 +60,12 @@ def _root(
 
 def settings() -> Settings:
     from runbot.observability import configure_logging
+    from runbot.settings_files import SettingsFileError
 
-    s = load_settings(config_file=STATE["config"])
+    try:
+        s = load_settings(config_file=STATE["config"])
+    except SettingsFileError as exc:  # RUNBOT_*_FILE: one line and a hint, like every CLI error
+        fail(exc.message, exc.hint)
     configure_logging("WARNING" if not STATE["debug"] else "DEBUG", s.log_format)
     return s
 
@@ -514,14 +518,14 @@ def serve(
     import structlog
     import uvicorn
 
-    from runbot.app import create_app
+    from runbot.app import build_runtime, create_app
     from runbot.logging_setup import configure_process_logging, uvicorn_log_level
     from runbot.observability import configure_logging
 
     s = settings()
     configure_process_logging(s.log_level, s.log_format)  # uvicorn, libraries, warnings, tracebacks: one stream
-    rt = runtime()  # (configures the CLI's quiet logging on the way)
-    configure_logging(s.log_level, s.log_format)  # serve honours RUNBOT_LOG_LEVEL
+    configure_logging(s.log_level, s.log_format)  # before the runtime, so its start (migrations) is logged
+    rt = build_runtime(s)
     say = structlog.get_logger("runbot.serve")
     for p in rt.catalog.problems:
         say.warning("runbook skipped", problem=str(p))

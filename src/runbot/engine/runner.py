@@ -127,6 +127,7 @@ class Engine(ControlMixin):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._stopping = False
+        self._grace = 0.0
         self._scheduler: AsyncIOScheduler | None = None
         self.on_run_end: list[Any] = []  # callables (run_id, status) -> None, after the final commit
         self.hold_checks: list[Any] = []  # callables (RunState, StepSpec) -> Hold | None, before remediations
@@ -197,6 +198,8 @@ class Engine(ControlMixin):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake_event.wait(), timeout=pause)
         finally:
+            if tasks and self._grace > 0:  # drain: in-flight steps finish and commit, then their runs are released
+                await asyncio.wait(list(tasks), timeout=self._grace)
             heartbeat.cancel()
             for t in list(tasks):
                 t.cancel()
@@ -206,7 +209,10 @@ class Engine(ControlMixin):
             if self._scheduler is not None:
                 self._scheduler.shutdown(wait=False)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop claiming runs; with `grace`, let steps in flight finish for up to that many seconds. Every run
+        this loop holds is then released for another replica to take over at once (not after lease expiry)."""
+        self._grace = grace
         self._stopping = True
         self.wake()
 
@@ -326,7 +332,9 @@ class Engine(ControlMixin):
             await self._advance(run_id, fence)
         except LeaseLost:
             log.warning("lease lost; another worker owns the run now", run_id=run_id)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # shutdown: hand the run over now; a step cut short is recovered there
+            with contextlib.suppress(Exception):
+                self._release(run_id, fence, wake_in=0)
             raise
         except Exception as exc:
             # An engine bug must not wedge the run: record it, release, and let a human look.
@@ -397,6 +405,9 @@ class Engine(ControlMixin):
             self._fire_timers(R)
             self._commit(R, run={"status": RunStatus.RUNNING.value}, events=[R.event("run.resumed")])
         for step in R.book.spec.steps:
+            if self._stopping:  # draining: between two steps, hand the run to another replica right away
+                self._release(run_id, fence, wake_in=0)
+                return
             outcome = await self._drive(R, step)
             if isinstance(outcome, Done):
                 R.scope["steps"][step.sid] = {**outcome.output, "outcome": "succeeded"}

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -19,7 +20,11 @@ from sqlalchemy.pool import NullPool
 
 from runbot.store.raw import Raw
 
+log = structlog.get_logger("runbot.store")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_lock key serializing `alembic upgrade` across processes: any fixed bigint, ours is b"runbotdb"
+MIGRATION_LOCK_KEY = int.from_bytes(b"runbotdb", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -145,7 +150,30 @@ class Database:
             command.upgrade(cfg, "head")
             eng.dispose()
         else:
-            command.upgrade(self.alembic_config(), "head")
+            self._upgrade_postgresql()
+
+    def _upgrade_postgresql(self) -> None:
+        """Replicas starting together on one database: the first to take the advisory lock migrates, the
+        others wait for it, then see the schema at head and do nothing (alembic itself has no such lock)."""
+        head = self.head_revision()
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()  # the lock belongs to the session; the migration runs in transactions of its own
+            try:
+                current = MigrationContext.configure(conn).get_current_revision()  # read after the lock
+                if current == head:
+                    conn.rollback()
+                    return
+                conn.rollback()
+                log.info("migrating the database schema", from_revision=current, to_revision=head)
+                cfg = self.alembic_config()
+                cfg.attributes["connection"] = conn  # the locked session migrates (see migrations/env.py)
+                command.upgrade(cfg, "head")
+            finally:
+                with contextlib.suppress(Exception):  # a broken session has dropped the lock with it
+                    conn.rollback()
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    conn.commit()
 
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:

@@ -117,6 +117,7 @@ class Delivery(WorkerThread):
         self._channel_ids: dict[str, str] = {}  # channel as configured ("#ops") -> its id, as Slack answered
         self._storm_incident: dict[str, str] = {}  # run id -> incident, for runs shown only in a summary
         self._last_prune = 0.0
+        self._flush_until = 0.0  # monotonic; set by stop()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -137,6 +138,22 @@ class Delivery(WorkerThread):
             if due:
                 wait = max(0.005, min(wait, min(due) - time.monotonic()))
             self._wake.wait(wait)
+        self._flush_on_shutdown()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shutdown: what the drained engine queued last is still delivered, for shutdown_flush_seconds at most
+        (what is left waits in the outbox for another replica)."""
+        self._flush_until = time.monotonic() + self.settings.shutdown_flush_seconds
+        super().stop(timeout=max(timeout, self.settings.shutdown_flush_seconds + 1))
+
+    def _flush_on_shutdown(self) -> None:
+        while time.monotonic() < self._flush_until:
+            try:
+                if not self.deliver_due():
+                    return
+            except Exception as exc:
+                log.warning("outbox flush on shutdown failed", error=f"{type(exc).__name__}: {exc}")
+                return
 
     # ---- calls to Slack, within its limits ------------------------------------------------------------------
 
