@@ -144,6 +144,11 @@ def test_monitoring_objects_carry_the_self_alerts_verbatim(rendered):
     shipped = yaml.safe_load((ROOT / "deploy/prometheus/self/runbot.yaml").read_text())
     assert rule["spec"] == shipped
     assert (CHART / "files/runbot-self-rules.yaml").read_text() == (ROOT / "deploy/prometheus/self/runbot.yaml").read_text()
+    (dashboard,) = [d for d in by_kind(docs, "ConfigMap")
+                    if d["metadata"]["name"].endswith("-dashboard")]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["runbot.json"]) == json.loads((ROOT / "deploy/grafana/runbot.json").read_text())
+    assert (CHART / "files/grafana-dashboard.json").read_text() == (ROOT / "deploy/grafana/runbot.json").read_text()
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
     assert not by_kind(rendered["sqlite-single-values.yaml"], "ServiceMonitor")
