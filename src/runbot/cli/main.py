@@ -35,6 +35,7 @@ CLI_MODULES: list[str] = [
     "runbot.cli.vault",
     "runbot.cli.slack",
     "runbot.cli.audit_export",
+    "runbot.cli.prometheus",
 ]
 
 
