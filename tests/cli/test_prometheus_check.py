@@ -52,7 +52,7 @@ def test_each_failure_is_named_and_no_secret_is_printed(secure, tmp_path):
         "down": {"url": "http://127.0.0.1:9", "username": "runbot", "password": PASSWORD},
     })
     assert out.returncode == 1
-    lines = dict(line.split()[1:2] + [line] for line in out.stdout.splitlines())
+    lines = {line.split()[1]: line for line in out.stdout.splitlines()}
     assert "authentication refused" in lines["wrongpw"]
     assert "TLS verification failed" in lines["notls"]
     assert "connection refused" in lines["down"]
