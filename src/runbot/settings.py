@@ -14,7 +14,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
 
 MASK = "****"
 
@@ -444,6 +443,8 @@ def _mask_obj(v: Any) -> Any:
 
 def mask_url(url: str) -> str:
     try:
+        from sqlalchemy.engine import make_url  # not at import time: `runbot --help` stays fast
+
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return MASK

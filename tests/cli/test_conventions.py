@@ -157,3 +157,29 @@ def test_serve_on_a_busy_port_says_so_before_anything_else(env):
     assert "serving" not in out.stderr
     one_error_line_and_a_hint(out.stderr)
     assert f"127.0.0.1:{port} is already in use" in out.stderr
+
+
+def test_lint_knows_the_alerts_fields(env, runbooks_dir):
+    write_runbook(runbooks_dir, "typo", """
+        name: typo
+        steps:
+          - {id: look, type: log, with: {message: "{{ alert.label.instance }}"}}
+    """)
+    out = rb(env, "lint")
+    assert out.returncode == 1
+    assert "steps[0].with.message: alert has no field 'label' (did you mean alert.labels?)" in out.stdout
+
+
+def test_a_dry_run_whose_template_fails_exits_non_zero(env, runbooks_dir, tmp_path):
+    write_runbook(runbooks_dir, "needs", """
+        name: needs
+        steps:
+          - {id: look, type: log, with: {message: "{{ alert.labels.instance.upper() }}"}}
+          - {id: later, type: log, with: {message: "{{ steps.look.message }}"}}
+    """)
+    alert = tmp_path / "alert.json"
+    alert.write_text(json.dumps({"labels": {"alertname": "X"}}))
+    out = rb(env, "run", "needs", "--dry-run", "--alert", str(alert))
+    assert out.returncode == 1, out.stdout
+    assert "TEMPLATE ERROR" in out.stdout and "(decided at run time" in out.stdout
+    assert "template(s) fail with this alert" in out.stderr

@@ -7,12 +7,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from sqlalchemy import Connection
 
 from runbot.cli.output import OUTPUT
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 alerts_app = typer.Typer(no_args_is_help=True, help="Alerts received from Alertmanager.")
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents: one per firing Alertmanager group.")

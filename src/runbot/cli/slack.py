@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-import yaml
 
 slack_app = typer.Typer(no_args_is_help=True, help="Slack app set-up.")
 
@@ -22,6 +21,8 @@ def manifest_cmd(
     from runbot.cli.main import settings
 
     cmd = command or settings().slack_command
+    import yaml
+
     typer.echo(yaml.safe_dump(manifest(command=cmd, request_url=url), sort_keys=False, width=200), nl=False)
 
 

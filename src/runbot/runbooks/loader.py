@@ -7,6 +7,7 @@ all problems in one pass rather than stopping at the first.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from runbot.runbooks.match import MatcherError, parse_matcher
 from runbot.runbooks.model import Runbook, StepSpec
-from runbot.runbooks.templating import SCOPE_NAMES, TemplateFailure, analyze, iter_strings
+from runbot.runbooks.templating import ALERT_FIELDS, SCOPE_NAMES, TemplateFailure, analyze, iter_strings
 
 if TYPE_CHECKING:
     from runbot.steps.registry import StepRegistry
@@ -227,6 +228,10 @@ class _Linter:
                 continue
             for name in sorted(refs.names - SCOPE_NAMES):
                 self.add(full, f"unknown template variable {name!r} (known: {', '.join(sorted(SCOPE_NAMES))})")
+            for name in sorted(refs.alert_fields - ALERT_FIELDS):
+                close = difflib.get_close_matches(name, sorted(ALERT_FIELDS), n=1, cutoff=0.5)
+                self.add(full, f"alert has no field {name!r}" + (f" (did you mean alert.{close[0]}?)" if close else "")
+                         + f"; it has {', '.join(sorted(ALERT_FIELDS))}")  # fmt: skip
             for p in sorted(refs.params - params):
                 self.add(full, f"unknown parameter params.{p} (declared: {', '.join(sorted(params)) or 'none'})")
             for s in sorted(refs.steps - known):

@@ -24,6 +24,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runbot.redaction import MASK, Redactor
 
+# What `alert` holds in a template (engine scope and intake's template_alert); lint refuses other names.
+ALERT_FIELDS = frozenset({"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"})
 SCOPE_NAMES = frozenset({"alert", "incident", "params", "steps", "run", "secret", "now"})
 _PLACEHOLDER = re.compile(r"⟦secret:([^⟧|]+)\|([0-9a-f]{20})⟧")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
@@ -189,6 +191,7 @@ class TemplateRefs:
         self.names: set[str] = set()
         self.steps: set[str] = set()
         self.params: set[str] = set()
+        self.alert_fields: set[str] = set()
         self.secrets: list[str] = []
 
 
@@ -206,6 +209,8 @@ def analyze(text: str) -> TemplateRefs:
     refs.names = set(meta.find_undeclared_variables(ast))
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = getattr(node, "node", None)
+        if isinstance(base, nodes.Name) and base.name == "alert" and isinstance(node, nodes.Getattr):
+            refs.alert_fields.add(node.attr)
         if isinstance(base, nodes.Name) and base.name in ("steps", "params"):
             key: str | None = None
             if isinstance(node, nodes.Getattr):
