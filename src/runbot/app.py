@@ -21,6 +21,7 @@ from runbot.engine.ports import SecretProvider
 from runbot.engine.runner import Engine
 from runbot.observability import DbCollector, Metrics
 from runbot.runbooks.catalog import Catalog
+from runbot.runbooks.health import CatalogCollector
 from runbot.secrets.local import EnvSecretProvider, FileSecretProvider
 from runbot.settings import Settings
 from runbot.steps.registry import StepRegistry
@@ -85,6 +86,7 @@ def build_runtime(settings: Settings, *, upgrade: bool = True, secrets: SecretPr
     engine.outbox_enabled = slack_enabled(settings)
     rt = Runtime(settings, db, registry, provider, catalog, engine)
     rt.metrics.registry.register(DbCollector(db))
+    rt.metrics.registry.register(CatalogCollector(catalog))
     attach = getattr(provider, "attach", None)
     if callable(attach):  # a provider with background work (Vault: token renewal, leases) joins the runtime
         attach(rt)
@@ -173,8 +175,11 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             problems.append(f"database unreachable: {type(exc).__name__}")
         if run_engine and not engine_thread.alive():
             problems.append("engine loop is not running")
+        # Broken runbooks do not make a replica unready (the others run); this endpoint is unauthenticated, so it
+        # names the files only: `runbot lint` (or the authenticated reload answer) says what is wrong with them.
         body = {"ready": not problems, "problems": problems, "runbooks": len(rt.catalog.all()),
-                "runbook_errors": [str(p) for p in rt.catalog.problems]}  # fmt: skip
+                "broken_runbooks": [{"file": b.file, "problems": b.problems, "kept_last_good_version": b.kept_version}
+                                    for b in rt.catalog.broken]}  # fmt: skip
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     @app.get("/metrics")

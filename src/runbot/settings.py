@@ -307,7 +307,7 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often a held remediation looks at the silence again"
     )
     alertmanager_silence_on_error: Literal["proceed", "hold"] = Field(
-        default="proceed", description="When Alertmanager cannot be asked: proceed (logged) or hold the step"
+        default="hold", description="When silences cannot be checked: hold the step with the reason (re-checked), or proceed (logged)"
     )
     # --- end alertmanager intake ---
 

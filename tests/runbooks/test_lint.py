@@ -23,7 +23,7 @@ def test_a_broken_directory_reports_every_problem_with_file_line_and_field():
     lines = lint_lines(BROKEN)
     many = str(BROKEN / "many.yaml")
     expected_prefixes = [
-        f"{many}:5: match[1]: invalid regex",
+        f"{many}:5: match[1]: column 13: invalid regex",
         f"{many}:8: steps[0].type: unknown step type 'prometheus.querry'",
         f"{many}:11: steps[1].id: duplicate step id 'ratio'",
         f"{many}:14: steps[1].with.message: unknown template variable 'alerts'",

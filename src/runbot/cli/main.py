@@ -173,6 +173,8 @@ def lint(path: Path | None = typer.Argument(None, help="Runbook file or director
     books, problems = load_dir(target, StepRegistry(s))
     for p in problems:
         typer.echo(str(p))
+    for w in (w for b in books for w in b.warnings):
+        typer.echo(f"warning: {w}")
     if problems:
         fail(f"{len(problems)} problem(s) in {target}", "fix them and run `runbot lint` again")
     if not books:

@@ -16,7 +16,7 @@ from runbot.audit import log as audit
 from runbot.domain import Decision, RunStatus, StepStatus
 from runbot.engine.state import APPROVALS, CONTROLS, OUTBOX, RUNS, STEPS, TIMERS, VERSIONS, VOTES, new_id
 from runbot.runbooks.loader import LoadedRunbook, RunbookError, parse_source
-from runbot.runbooks.templating import TemplateFailure, render
+from runbot.runbooks.templating import KEY_LIMITS, TemplateFailure, render
 from runbot.store.types import utcnow
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class ControlMixin:
             scope = {"alert": alert or {}, "params": resolved, "incident": {}, "steps": {},
                      "run": {"id": run_id, "runbook": book.name, "requester": requester}}  # fmt: skip
             try:
-                key = str(render(book.spec.concurrency.key, scope))
+                key = str(render(book.spec.concurrency.key, scope, KEY_LIMITS))
             except TemplateFailure as exc:
                 raise CommandError(f"concurrency.key: {exc}") from None
         now = utcnow()

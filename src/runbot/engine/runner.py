@@ -27,7 +27,7 @@ from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
 from runbot.engine import pgcommit
 from runbot.engine.control import ControlMixin
-from runbot.engine.guards import Hold, remediation_hold
+from runbot.engine.guards import HOLD_RECHECK_SECONDS, Hold, remediation_hold
 from runbot.engine.ports import SecretError, SecretProvider
 from runbot.engine.state import (
     APPROVALS,
@@ -48,6 +48,7 @@ from runbot.runbooks.templating import (
     TemplateFailure,
     mask_placeholders,
     render,
+    render_async,
     resolve_secrets,
     secret_refs,
     truthy,
@@ -443,7 +444,7 @@ class Engine(ControlMixin):
         # first time here
         if step.when is not None and verify_of is None:
             try:
-                go = truthy(render(step.when, R.scope)) if isinstance(step.when, str) else bool(step.when)
+                go = truthy(await render_async(step.when, R.scope)) if isinstance(step.when, str) else bool(step.when)
             except TemplateFailure as exc:
                 return self._fail_before_start(R, step, f"`when` could not be evaluated: {exc}")
             if not go:
@@ -484,7 +485,7 @@ class Engine(ControlMixin):
         except UnknownStepType:
             return self._fail_before_start(R, step, f"unknown step type {step.type!r}", attempt)
         try:
-            rendered = render(step.with_, R.scope)
+            rendered = await render_async(step.with_, R.scope)
         except TemplateFailure as exc:
             return self._fail_before_start(R, step, f"template error in `with`: {exc}", attempt)
         refs = secret_refs(rendered) if rendered else []
@@ -675,7 +676,12 @@ class Engine(ControlMixin):
         if hold is not None:
             return hold
         for check in self.hold_checks:
-            h = check(R, step)
+            try:
+                h = check(R, step)
+            except Exception as exc:  # a broken check holds the step (with why), never wedges the run
+                log.error("hold check failed", run_id=R.id, step_id=step.sid, error=repr(exc))
+                h = Hold(f"held: the hold check {type(check).__name__} failed ({type(exc).__name__}); "
+                         "the step waits and is re-checked", plus(utcnow(), HOLD_RECHECK_SECONDS))  # fmt: skip
             if h is not None:
                 return h
         return None
