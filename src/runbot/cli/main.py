@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import getpass
-import os
 import json
+import os
 import sys
 import time
 import traceback
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 # Plain (click) help: the same text, at a third of the start-up time of rich's; TYPER_USE_RICH=1 brings it back.
 os.environ.setdefault("TYPER_USE_RICH", "0")
 
-import typer  # noqa: E402
+import typer
 
 from runbot.cli.output import OUTPUT, emit_json
 
@@ -80,7 +80,6 @@ def _root(
 def settings() -> Settings:
     from runbot.config_file import ConfigError
     from runbot.observability import configure_logging
-
     from runbot.settings import load_settings
 
     try:
@@ -648,8 +647,10 @@ def main() -> None:
     except Exception as exc:
         if _usage_error(exc):
             ctx = getattr(exc, "ctx", None)
-            if type(exc).__name__ == "NoArgsIsHelpError":
-                sys.exit(2)  # `runbot runs`: typer has shown the group's help; a usage error all the same
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `runbot runs`: the group's help, as a usage error
+                if ctx is not None:
+                    typer.echo(ctx.get_help(), err=True)
+                sys.exit(2)
             typer.echo(f"error: {exc.format_message()}", err=True)  # type: ignore[attr-defined]
             typer.echo(f"hint: see `{ctx.command_path if ctx is not None else 'runbot'} --help`", err=True)
             sys.exit(2)
