@@ -35,6 +35,7 @@ ADAPTERS: list[str] = [
     "runbot.adapters.alertmanager:install",
     "runbot.adapters.slack:install",
     "runbot.adapters.audit_api:install",
+    "runbot.adapters.api_docs:install",
 ]
 
 
@@ -144,6 +145,7 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             rt.metrics.engine_up.set(1)
         for start in rt.background:
             start()
+        rt.catalog.log_broken()
         log.info("runbot started", version=__version__, runbooks=len(rt.catalog.all()),
                  database=rt.db.engine.url.render_as_string(hide_password=True))  # fmt: skip
         try:
@@ -153,7 +155,8 @@ def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
             engine_thread.stop()
             rt.close()
 
-    app = FastAPI(title="runbot", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="runbot", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)  # see runbot.adapters.api_docs (RUNBOT_API_DOCS)
     app.state.rt = rt
     app.state.engine_thread = engine_thread
     for spec in ADAPTERS:

@@ -108,6 +108,7 @@ class DbCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from sqlalchemy import func, select
 
+        from runbot.adapters.alertmanager.ingest import pending_alerts_query
         from runbot.engine.state import INCIDENTS, RUNS
         from runbot.store import tables
         from runbot.store.types import utcnow
@@ -127,8 +128,8 @@ class DbCollector(Collector):
                 incidents.add_metric([], conn.execute(select(func.count()).select_from(INCIDENTS)
                                                       .where(INCIDENTS.c.status == "open")).scalar_one())  # fmt: skip
                 waiting = deliveries.c.processed_at.is_(None)
-                n, oldest = conn.execute(select(func.coalesce(func.sum(deliveries.c.alerts), 0),
-                                                func.min(deliveries.c.received_at)).where(waiting)).one()  # fmt: skip
+                n = conn.execute(pending_alerts_query()).scalar_one()  # less what big ones have unpacked so far
+                oldest = conn.execute(select(func.min(deliveries.c.received_at)).where(waiting)).scalar_one()
                 backlog.add_metric(["unpack"], n)
                 backlog.add_metric(["match"], conn.execute(select(func.count()).select_from(alerts)
                                                            .where(alerts.c.pending_since.is_not(None))).scalar_one())  # fmt: skip

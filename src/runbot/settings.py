@@ -240,6 +240,24 @@ class Settings(BaseSettings):
         default=None,
         description="Team templates: <team>.<md|html>.j2, then postmortem.<md|html>.j2; else the built-in ones",
     )
+    audit_head_publish_interval: float | None = Field(
+        default=None, gt=0,
+        description="Seconds between publications of the audit chain head by `serve` (anchoring); unset: never",
+    )
+    audit_head_publish_log: bool = Field(default=True, description="Publish the head as a log line")
+    audit_head_publish_slack_channel: str | None = Field(
+        default=None, description="Also post the head to this Slack channel (through the outbox)"
+    )
+    audit_head_publish_webhook_url: str | None = Field(
+        default=None, description="Also POST the head as JSON here; must pass RUNBOT_HTTP_ALLOW_HOSTS/_CIDRS"
+    )
+    audit_head_publish_webhook_token: SecretStr | None = Field(
+        default=None, description="Sent to the head webhook as Authorization: Bearer"
+    )
+    api_docs: Literal["off", "token", "public"] = Field(
+        default="off",
+        description="/docs, /redoc and /openapi.json: off (default), token (need the API bearer token) or public",
+    )
     # --- end audit export, retention and postmortem ---
 
     # --- alertmanager intake ---
@@ -268,6 +286,11 @@ class Settings(BaseSettings):
     alertmanager_webhook_receivers: dict[str, WebhookCredential] = Field(
         default_factory=dict,
         description='Per-receiver credentials, e.g. {"prod": {"token": "..."}}; they only post as that receiver',
+    )
+    alertmanager_receiver_runbooks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Runbooks each receiver may start, as globs, e.g. {"prod": ["api-*", "disk-*"], "*": []}; '
+        'a receiver not listed (and no "*" entry): all runbooks',
     )
     alertmanager_allow_unauthenticated: bool = Field(
         default=False, description="Accept webhooks without credentials (local demos only)"

@@ -186,7 +186,8 @@ def test_human_formats_mask_secret_looking_values_the_runbook_wrote_in_clear(sto
             "params": {"headers": {"X-Api-Key": "literal-key-123"}, "url": "https://x"}, "password": "hunter22"})])
     for fmt in ("csv", "md", "html"):
         text = export(rt, fmt, run_id="r-x")
-        assert "literal-key-123" not in text and "hunter22" not in text and "****" in text
+        mask = "\\*\\*\\*\\*" if fmt == "md" else "****"  # Markdown escapes the asterisks (they render as ****)
+        assert "literal-key-123" not in text and "hunter22" not in text and mask in text
     assert "literal-key-123" in export(rt, "jsonl", run_id="r-x")  # JSONL is the record as hashed, to verify it
 
 

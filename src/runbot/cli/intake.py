@@ -73,9 +73,9 @@ def alerts_list(
         rows = queries.list_alerts(conn, status=status, incident=incident, unhandled=unhandled, pending=pending,
                                    limit=limit)  # fmt: skip
     _emit(rows, as_json, lambda: typer.echo(_table(
-        ["ALERT", "NAME", "STATUS", "STARTS (UTC)", "INCIDENT", "LABELS", "INTAKE"],
-        [[r["id"], r["alertname"], r["status"], _ts(r["starts_at"]), r["incident_id"], _labels(r["labels"])[:50],
-          "pending" if r["pending_since"] else (r["note"] or "")[:70]] for r in rows])))  # fmt: skip
+        ["ALERT", "NAME", "STATUS", "STARTS (UTC)", "RECEIVER", "INCIDENT", "LABELS", "INTAKE"],
+        [[r["id"], r["alertname"], r["status"], _ts(r["starts_at"]), r["receiver"] or "-", r["incident_id"],
+          _labels(r["labels"])[:50], "pending" if r["pending_since"] else (r["note"] or "")[:70]] for r in rows])))  # fmt: skip
 
 
 @alerts_app.command("throttled")
@@ -151,7 +151,11 @@ def incidents_show(
         typer.echo(f"incident {d['id']}  {d['status']}  {d['title']}")
         typer.echo(f"opened {_ts(d['opened_at'])}  resolved {_ts(d['resolved_at'])}  severity "
                    f"{d['severity'] or '-'}{reopened}")  # fmt: skip
-        typer.echo(f"group {d['group_key']}")
+        typer.echo(f"group {d['group_key']}  receiver {d.get('receiver') or '-'}")
+        for a in d["alerts"]:
+            links = {k: v for k, v in (a.get("links") or {}).items() if k != "source"}
+            if links:
+                typer.echo(f"links of {a['id']}: " + "  ".join(f"{k} {v}" for k, v in links.items()))
         typer.echo("")
         typer.echo(_table(["ALERT", "NAME", "STATUS", "STARTS (UTC)", "ENDS (UTC)", "LABELS", "INTAKE"],
                           [[a["id"], a["alertname"], a["status"], _ts(a["starts_at"]), _ts(a["ends_at"]),

@@ -533,25 +533,37 @@ def runs_resume(run_ref: str = typer.Argument(...)) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(file: Path | None = typer.Option(None, "--file", help="Verify a JSONL export offline instead.")) -> None:
-    """Check the hash chain; names the first edited, inserted or deleted event."""
+def audit_verify(
+    file: Path | None = typer.Option(None, "--file", help="Verify a JSONL export offline instead."),
+    head: str | None = typer.Option(None, "--head", help="SEQ:HASH anchored earlier: the chain must still hold it."),
+    head_file: Path | None = typer.Option(None, "--head-file", help="A saved head (`runbot audit head` output, a "
+                                          "published head line, a head record or export): the chain must hold it."),
+) -> None:
+    """Check the hash chain; names the first edited, inserted or deleted event (and checks a saved head)."""
     from runbot.audit import log as audit
+    from runbot.cli.audit_export import anchors_of, check_anchors
 
+    anchors = anchors_of(head, head_file)
     if file is not None:
         from runbot.audit.export import verify_export_file  # type: ignore[import-not-found,unused-ignore]
 
         result = verify_export_file(file)
+        if result.ok:
+            check_anchors(anchors, result, export=file)
     else:
         rt = runtime()
         try:
             with rt.db.read() as conn:
                 result = audit.verify_db(conn)
+                if result.ok:
+                    check_anchors(anchors, result, conn=conn)
         finally:
             rt.close()
     if not result.ok:
         fail(f"audit chain BROKEN at event {result.broken_seq}: {result.problem}",
              f"{result.count} event(s) verified before it")  # fmt: skip
-    typer.echo(f"audit chain OK: {result.count} event(s), head {result.head_seq} {result.head_hash}")
+    typer.echo(f"audit chain OK: {result.count} event(s), head {result.head_seq} {result.head_hash}"
+               + "".join(f"; anchor {a.seq} matches" for a in anchors))  # fmt: skip
 
 
 @db_app.command("upgrade")

@@ -517,6 +517,7 @@ class Engine(ControlMixin):
             log=logger, redactor=R.redactor, scope=R.scope, deadline=loop.time() + timeout,
             resume_state=(resume or {}).get("resume_state") if resume else None,
             rehearsal=self.rehearsal.for_step(step.sid) if self.rehearsal is not None else None,
+            raw_params=step.with_,
         )  # fmt: skip
         error: str | None = None
         retryable = False

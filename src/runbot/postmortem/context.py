@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from runbot.adapters.alertmanager.payload import alert_links
 from runbot.audit.records import ExportFilter, chain_head, iter_batches, mask_sensitive
 from runbot.domain import StepKind
 from runbot.durations import format_duration
@@ -188,7 +189,8 @@ def _specs(conn: Any, version_ids: set[int]) -> dict[int, Runbook]:
 def _alert(a: dict[str, Any]) -> dict[str, Any]:
     ann = a.get("annotations") or {}
     return {**a, "summary": ann.get("summary") or ann.get("description") or "",
-            "severity": (a.get("labels") or {}).get("severity") or ""}  # fmt: skip
+            "severity": (a.get("labels") or {}).get("severity") or "",
+            "links": alert_links(a.get("extras"), a.get("generator_url"))}  # fmt: skip
 
 
 def _services(incident: dict[str, Any], alerts: list[dict[str, Any]]) -> list[str]:

@@ -56,10 +56,13 @@ class Catalog:
             by_file = _files(problems)
             self.broken = [BrokenFile(f, n, next((b.short_version for b in kept.values() if b.path == f), None))
                            for f, n in by_file.items()]  # fmt: skip
+        return problems
+
+    def log_broken(self) -> None:
+        """One warning per file that did not load (the server calls this at start and after each reload)."""
         for broken in self.broken:
             log.warning("runbook not loaded", file=broken.file, problems=broken.problems,
                         kept_last_good_version=broken.kept_version)  # fmt: skip
-        return problems
 
     def all(self) -> list[LoadedRunbook]:
         with self._lock:

@@ -42,7 +42,9 @@ __all__ = ["DEFAULT_LIMITS", "INLINE_LIMITS", "KEY_LIMITS", "TemplateBudgetExcee
            "TemplateLimits", "TemplateTimeout", "render", "render_async"]  # fmt: skip
 
 # What `alert` holds in a template (engine scope and intake's template_alert); lint refuses other names.
-ALERT_FIELDS = frozenset({"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"})
+# Grafana alerts add theirs (adapters/alertmanager/payload.GRAFANA_ALERT_FIELDS and orgId).
+ALERT_FIELDS = frozenset({"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint",
+                          "dashboardURL", "panelURL", "silenceURL", "imageURL", "values", "valueString", "orgId"})
 SCOPE_NAMES = frozenset({"alert", "incident", "params", "steps", "run", "secret", "now"})
 _PLACEHOLDER = re.compile(r"⟦secret:([^⟧|]+)\|([0-9a-f]{20})⟧")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)

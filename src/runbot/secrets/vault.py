@@ -117,7 +117,7 @@ def _first_error(exc: hvac.exceptions.VaultError) -> str:
         text = ""
     lines = [ln.strip(" *\t") for ln in text.splitlines() if ln.strip(" *\t")]
     line = next((ln for ln in lines if not ln.endswith("error occurred:") and "errors occurred" not in ln), "")
-    return REGISTRY.redact(line[:200])
+    return REGISTRY.redact(line)[:200]  # mask first: a cut could leave a secret's head unrecognised
 
 
 def explain(exc: BaseException, addr: str, timeout: float) -> VaultFailure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +58,7 @@ class Database:
         if self.is_sqlite:
             path = sqlite_file(url)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite_file(path)
             self.engine: Engine = create_engine(
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size, max_overflow=20
             )
@@ -162,6 +163,35 @@ class Database:
         for c in conns:
             _close_raw(c)
         self.engine.dispose()
+
+
+def private_sqlite_file(path: Path) -> None:
+    """The SQLite database readable and writable by this user only, whatever the umask.
+
+    The database holds step outputs, approvals and the audit trail. Directories runbot creates for it are 0700
+    and the file is created 0600 before SQLite opens it; SQLite gives the -wal and -shm files it creates the
+    database file's mode (it fchmods them past the umask). A file or its -wal/-shm left group- or
+    world-readable by an earlier version is tightened (if it is ours).
+    """
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+            os.chmod(d, 0o700)  # mkdir's mode passes through the umask
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(path, 0o600)
+    except FileExistsError:
+        pass
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(f, st.st_mode & 0o700)
 
 
 def _close_raw(conn: Any, invalidate: bool = False) -> None:

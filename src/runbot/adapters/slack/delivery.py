@@ -406,9 +406,21 @@ class Delivery(WorkerThread):
 
     # ---- messages without a run ----------------------------------------------------------------------------------
 
+    def _post_notice(self, channel: str, row: Row, msg: B.Message) -> None:
+        if not channel:
+            raise NoChannel(f"no channel for the {row.topic} notice")
+        key = f"notice:row{row.id}"
+        if self.store.ref(key) is not None:
+            return
+        resp = self.client.chat_postMessage(channel=channel, text=msg.text, blocks=msg.blocks)
+        self.store.save(Ref(key, "notice", resp["channel"], resp["ts"], None, msg.digest()))
+
     def _deliver_global(self, row: Row) -> None:
         if row.topic == "postmortem.ready":
             self._post_postmortem(row)
+            return
+        if row.topic == "audit.head":  # runbot.audit.publish: the chain head, anchored in a channel
+            self._post_notice(str(row.payload.get("channel") or ""), row, B.notice(E.code(row.payload.get("text"), 120)))
             return
         if row.topic not in ("freeze.on", "freeze.off"):
             return
