@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,7 +14,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
 
 MASK = "****"
 
@@ -439,6 +438,19 @@ class Settings(BaseSettings):
     )
     # --- end observability ---
 
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        """postgres:// and postgresql:// (as Heroku, libpq and most docs write them) mean psycopg 3 here."""
+        if v is None:
+            return v
+        for prefix in ("postgres://", "postgresql://"):
+            if v.startswith(prefix):
+                return "postgresql+psycopg://" + v[len(prefix):]
+        if not v.startswith(("sqlite:", "postgresql+psycopg:")):
+            raise ValueError("use sqlite:///PATH or postgresql://USER@HOST/DB (psycopg 3)")
+        return v
+
     @field_validator("data_dir", "runbooks_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
@@ -514,6 +526,8 @@ def _mask_obj(v: Any) -> Any:
 
 def mask_url(url: str) -> str:
     try:
+        from sqlalchemy.engine import make_url  # not at import time: `runbot --help` stays fast
+
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return MASK
@@ -525,5 +539,36 @@ def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:
     return Path(raw) if raw else None
 
 
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+PATH_FIELDS = frozenset(name for name, f in Settings.model_fields.items() if "Path" in str(f.annotation))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings for a command: the project config file found (or named), and mistakes refused.
+
+    Raises ConfigError (one line and a hint) for a missing config file, an unknown key or RUNBOT_* variable,
+    or a value that does not validate. `RUNBOT_CONFIG=none` ignores any project file.
+    """
+    from runbot import config_file as cf
+
+    env = cf.environ()
+    known = set(Settings.model_fields)
+    cf.check_environment(env, known)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if env.get("RUNBOT_CONFIG", "").lower() != "none" or config_file is not None:
+        path = cf.choose(config_file, env, Path.cwd())
+        if path is not None:
+            cfg = cf.read(path, known)
+            values = {**cf.relative_paths(cfg, set(PATH_FIELDS), env), **values, "config_file": path}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise cf.ConfigError(one_line(exc), "see `runbot config show` and the configuration reference") from None
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem of a settings ValidationError, named as the user wrote it (variable or key)."""
+    errors = exc.errors()
+    first = errors[0]
+    name = ".".join(str(p) for p in first["loc"]) or "settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"setting {name} (RUNBOT_{name.split('.')[0].upper()}): {first['msg']}{more}"

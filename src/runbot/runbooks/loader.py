@@ -7,6 +7,7 @@ all problems in one pass rather than stopping at the first.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import stat
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from runbot.engine.approvals import SLACK_USER_ID
 from runbot.runbooks.matchers import lint_entry
 from runbot.runbooks.model import Runbook, StepSpec
 from runbot.runbooks.templating import (
+    ALERT_FIELDS,
     SCOPE_NAMES,
     TemplateFailure,
     analyze,
@@ -246,6 +248,10 @@ class _Linter:
                 self.add(full, costly)
             for name in sorted(refs.names - SCOPE_NAMES):
                 self.add(full, f"unknown template variable {name!r} (known: {', '.join(sorted(SCOPE_NAMES))})")
+            for name in sorted(refs.alert_fields - ALERT_FIELDS):
+                close = difflib.get_close_matches(name, sorted(ALERT_FIELDS), n=1, cutoff=0.5)
+                self.add(full, f"alert has no field {name!r}" + (f" (did you mean alert.{close[0]}?)" if close else "")
+                         + f"; it has {', '.join(sorted(ALERT_FIELDS))}")  # fmt: skip
             for p in sorted(refs.params - params):
                 self.add(full, f"unknown parameter params.{p} (declared: {', '.join(sorted(params)) or 'none'})")
             for s in sorted(refs.steps - known):

@@ -41,6 +41,10 @@ from runbot.runbooks.sandbox import (
 __all__ = ["DEFAULT_LIMITS", "INLINE_LIMITS", "KEY_LIMITS", "TemplateBudgetExceeded", "TemplateFailure",
            "TemplateLimits", "TemplateTimeout", "render", "render_async"]  # fmt: skip
 
+# What `alert` holds in a template (engine scope and intake's template_alert); lint refuses other names.
+# Grafana alerts add theirs (adapters/alertmanager/payload.GRAFANA_ALERT_FIELDS and orgId).
+ALERT_FIELDS = frozenset({"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint",
+                          "dashboardURL", "panelURL", "silenceURL", "imageURL", "values", "valueString", "orgId"})
 SCOPE_NAMES = frozenset({"alert", "incident", "params", "steps", "run", "secret", "now"})
 _PLACEHOLDER = re.compile(r"⟦secret:([^⟧|]+)\|([0-9a-f]{20})⟧")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
@@ -270,6 +274,7 @@ class TemplateRefs:
         self.names: set[str] = set()
         self.steps: set[str] = set()
         self.params: set[str] = set()
+        self.alert_fields: set[str] = set()
         self.secrets: list[str] = []
 
 
@@ -287,6 +292,8 @@ def analyze(text: str) -> TemplateRefs:
     refs.names = set(meta.find_undeclared_variables(ast))
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = getattr(node, "node", None)
+        if isinstance(base, nodes.Name) and base.name == "alert" and isinstance(node, nodes.Getattr):
+            refs.alert_fields.add(node.attr)
         if isinstance(base, nodes.Name) and base.name in ("steps", "params"):
             key: str | None = None
             if isinstance(node, nodes.Getattr):
