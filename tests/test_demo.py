@@ -33,7 +33,7 @@ pytestmark = [
 
 
 def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -108,6 +108,7 @@ def test_the_demo_closes_the_loop_from_alert_to_postmortem(tmp_path: Path) -> No
             text = draft.read_text()
             assert "used_ratio" in text and "cleanup" in text, text
             assert "944d" not in text
+            assert "used_ratio" in runbot("postmortem", run["incident_id"], "--no-images")  # the README's command
 
             # the second shell's everyday commands pass with the project's configuration
             assert "runbook(s) OK" in runbot("lint")

@@ -101,7 +101,7 @@ def make_server(state: DemoState, port: int, host: str = "127.0.0.1") -> Threadi
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
                 self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
             elif self.path.startswith("/state"):
@@ -109,7 +109,7 @@ def make_server(state: DemoState, port: int, host: str = "127.0.0.1") -> Threadi
             else:
                 self._send(404, b'{"error": "not found"}')
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             action = actions.get(self.path.split("?")[0])
             if action is None:
                 self._send(404, b'{"error": "not found"}')
@@ -117,7 +117,7 @@ def make_server(state: DemoState, port: int, host: str = "127.0.0.1") -> Threadi
             action()
             self._send(200, json.dumps({"ok": True, **state.snapshot()}).encode())
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet: scrapes every second
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     return ThreadingHTTPServer((host, port), Handler)
