@@ -3,7 +3,7 @@
 # scraping it with deploy/demo/rules.yml, Alertmanager routing the alerts to runbot, and runbot (SQLite).
 # Approve remediations from another shell: runbot runs approve RUN --as you. Ctrl-C stops everything.
 #   DEMO_PROMETHEUS_PORT (9390) DEMO_ALERTMANAGER_PORT (9393) DEMO_EXPORTER_PORT (9399) RUNBOT_PORT (8080)
-#   DEMO_FILL_SECONDS (120), DEMO_ERROR_SECONDS (240): how fast the problems grow; DEMO_SKIP_SETUP=1: no setup
+#   DEMO_FILL_SECONDS (120), DEMO_ERROR_SECONDS (300): how fast the problems grow; DEMO_SKIP_SETUP=1: no setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -n "${DEMO_SKIP_SETUP:-}" ]] || RUNBOT_SKIP_BROWSER=1 scripts/setup.sh
@@ -48,7 +48,7 @@ trap 'exit 143' TERM
 
 "$RUNBOT" lint
 "$PY" -m runbot.demo.exporter --port "$EXP_PORT" --fill-seconds "${DEMO_FILL_SECONDS:-120}" \
-  --error-seconds "${DEMO_ERROR_SECONDS:-240}" >"$DEMO_DIR/exporter.log" 2>&1 &
+  --error-seconds "${DEMO_ERROR_SECONDS:-300}" >"$DEMO_DIR/exporter.log" 2>&1 &
 pids+=($!)
 "${DEMO_PROMETHEUS_BIN:-prometheus}" --config.file="$DEMO_DIR/prometheus.yml" \
   --storage.tsdb.path="$DEMO_DIR/prometheus" --web.listen-address="127.0.0.1:$PROM_PORT" \

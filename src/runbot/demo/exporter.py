@@ -1,7 +1,7 @@
 """A demo exporter: one disk that fills and one service whose error ratio rises, plus the HTTP endpoints the
 demo runbooks call to fix them. Values are computed from a clock at scrape time, so a test can predict them.
 
-    python -m runbot.demo.exporter --port 9399 [--fill-seconds 180] [--error-seconds 240]
+    python -m runbot.demo.exporter --port 9399 [--fill-seconds 120] [--error-seconds 300]
 
 GET /metrics (Prometheus text), GET /state (JSON), POST /cleanup (frees the disk), POST /restart (resets the
 error ratio), POST /reset (starts both problems again).
@@ -30,8 +30,8 @@ class DemoState:
     """Both problems as lines over time: used ratio from DISK_START to full in fill_seconds, error ratio from 0
     to ERRORS_MAX in error_seconds. A fix stops the line at its healthy value until reset()."""
 
-    fill_seconds: float = 180.0
-    error_seconds: float = 240.0
+    fill_seconds: float = 120.0
+    error_seconds: float = 300.0
     clock: Callable[[], float] = time.monotonic
     disk_since: float | None = None  # None: cleaned up
     errors_since: float | None = None  # None: restarted
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m runbot.demo.exporter", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9399)
-    p.add_argument("--fill-seconds", type=float, default=180.0, help="seconds from 50%% used to a full disk")
-    p.add_argument("--error-seconds", type=float, default=240.0, help="seconds until 50%% of requests fail")
+    p.add_argument("--fill-seconds", type=float, default=120.0, help="seconds from 50%% used to a full disk")
+    p.add_argument("--error-seconds", type=float, default=300.0, help="seconds until 50%% of requests fail")
     args = p.parse_args(argv)
     server = make_server(DemoState(args.fill_seconds, args.error_seconds), args.port, args.host)
     print(f"demo exporter on http://{args.host}:{args.port}/metrics", flush=True)
