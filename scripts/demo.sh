@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real loop on 127.0.0.1: a demo exporter (a disk that fills, a service whose errors rise), Prometheus
 # scraping it with deploy/demo/rules.yml, Alertmanager routing the alerts to runbot, and runbot (SQLite).
-# Approve remediations from another shell: runbot runs approve RUN --as you. Ctrl-C stops everything.
+# Approve remediations from another shell: runbot runs approve RUN. Ctrl-C stops everything.
 #   DEMO_PROMETHEUS_PORT (9390) DEMO_ALERTMANAGER_PORT (9393) DEMO_EXPORTER_PORT (9399) RUNBOT_PORT (8080)
 #   DEMO_FILL_SECONDS (120), DEMO_ERROR_SECONDS (300): how fast the problems grow; DEMO_SKIP_SETUP=1: no setup
 set -euo pipefail
@@ -22,9 +22,8 @@ for port in "$RUNBOT_PORT" "$PROM_PORT" "$AM_PORT" "$EXP_PORT"; do
   fi
 done
 
-# The policy lives in runbot.yaml; until every command discovers it, point this process at it, and
-# override only what the chosen ports change.
-export RUNBOT_CONFIG_FILE=${RUNBOT_CONFIG_FILE:-$PWD/runbot.yaml}
+# The policy lives in runbot.yaml (every runbot command in the checkout finds it); override only what the
+# chosen ports change.
 export RUNBOT_DATA_DIR=${RUNBOT_DATA_DIR:-$DEMO_DIR}
 export RUNBOT_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
 export RUNBOT_ALERTMANAGER_URL=http://127.0.0.1:$AM_PORT
@@ -69,7 +68,7 @@ The demo runs on 127.0.0.1 (logs and data in $DEMO_DIR/):
 In a second terminal, inside this checkout:
   .venv/bin/runbot runs list                     # DemoDiskFillingUp starts demo-disk-filling-up within minutes
   .venv/bin/runbot runs show <RUN>               # the Prometheus diagnostics and the graph
-  .venv/bin/runbot runs approve <RUN> --as you   # the cleanup runs; the alert resolves
+  .venv/bin/runbot runs approve <RUN>            # the cleanup runs; the alert resolves
   .venv/bin/runbot incidents list                # and the postmortem draft: runbot postmortem <INCIDENT>
 MSG
 "$RUNBOT" serve &

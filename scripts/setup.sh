@@ -11,6 +11,7 @@ if [ "${RUNBOT_SKIP_BROWSER:-}" != "1" ]; then
   command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 fi
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "setup: installing ${need_apt[*]} (apt-get)"
@@ -35,4 +36,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
   touch "$stamp"
+fi
+# deploy/ checks (tests/deploy): hadolint, Helm as a library, kubernetes-validate, checkov. checkov pins
+# packaging<24 while pytest wants >=24; both work with the newer one, so it is put back afterwards.
+deploy_stamp=.venv/.runbot-deploy-installed
+if [ ! -f "$deploy_stamp" ] || [ pyproject.toml -nt "$deploy_stamp" ]; then
+  echo "setup: installing the deploy check tools into .venv (pip)"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[deploy]" 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e ".[deploy]"
+  .venv/bin/pip install -q --disable-pip-version-check "packaging>=24" 2>/dev/null || true
+  touch "$deploy_stamp"
 fi

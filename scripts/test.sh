@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "== ruff"; .venv/bin/ruff check src tests bench
 echo "== mypy"; .venv/bin/mypy src
+echo "== deptry"; .venv/bin/deptry src
 echo "== pytest"; .venv/bin/pytest -q "$@"

@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+# Tests configure runbot explicitly; the checkout's own runbot.yaml (the demo's) must not leak into them.
+# Tests of config discovery set RUNBOT_CONFIG themselves.
+os.environ.setdefault("RUNBOT_CONFIG", "none")
+
 PG_ADMIN_URL = os.environ.get("RUNBOT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 

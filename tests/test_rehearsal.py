@@ -200,7 +200,7 @@ def test_approval_decisions_are_applied_through_votes(tmp_path: Path, decision: 
     assert result.status == status, result.reason
     assert result.sequence[-1] == last
     approvals = [(ln.status, ln.text) for ln in result.lines if ln.kind == "approval"]
-    assert approvals[0] == ("requested", "from sre-oncall (2 needed)")
+    assert approvals[0] == ("requested", "from group:sre-oncall (2 needed)")
     if decision == "approve":
         assert approvals[-1] == ("approved", "by rehearsal-approver-2")  # two distinct synthetic people
     if decision == "timeout":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,15 +10,19 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runbot import __version__
+from runbot import __version__, tracing
 from runbot.adapters.slack.config import enabled as slack_enabled
 from runbot.engine.ports import SecretProvider
 from runbot.engine.runner import Engine
+from runbot.engine_worker import EngineThread
+from runbot.health import Health, HealthCollector
+from runbot.health_routes import install_health, watch_background
 from runbot.observability import DbCollector, Metrics
 from runbot.runbooks.catalog import Catalog
+from runbot.runbooks.health import CatalogCollector
 from runbot.secrets.local import EnvSecretProvider, FileSecretProvider
 from runbot.settings import Settings
 from runbot.steps.registry import StepRegistry
@@ -34,6 +36,7 @@ ADAPTERS: list[str] = [
     "runbot.adapters.alertmanager:install",
     "runbot.adapters.slack:install",
     "runbot.adapters.audit_api:install",
+    "runbot.adapters.api_docs:install",
 ]
 
 
@@ -61,6 +64,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     background: list[Callable[[], Any]] = field(default_factory=list)  # extra starters (outbox, intake workers)
     stoppers: list[Callable[[], Any]] = field(default_factory=list)
+    health: Health = field(default_factory=Health)  # every long-lived worker's heartbeat (runbot.health)
 
     def close(self) -> None:
         for stop in reversed(self.stoppers):
@@ -85,97 +89,50 @@ def build_runtime(settings: Settings, *, upgrade: bool = True, secrets: SecretPr
     engine.outbox_enabled = slack_enabled(settings)
     rt = Runtime(settings, db, registry, provider, catalog, engine)
     rt.metrics.registry.register(DbCollector(db))
+    rt.metrics.registry.register(CatalogCollector(catalog))
+    rt.metrics.registry.register(HealthCollector(rt.health))
     attach = getattr(provider, "attach", None)
     if callable(attach):  # a provider with background work (Vault: token renewal, leases) joins the runtime
         attach(rt)
     return rt
 
 
-class EngineThread:
-    """Engine loops in their own threads, so blocking commits never delay the web loop.
-
-    SQLite takes one writer at a time, so one loop. PostgreSQL commits in parallel, so several loops
-    (peers of rt.engine with their own lease-owner names) claim runs side by side.
-    """
-
-    def __init__(self, engine: Engine, loops: int | None = None) -> None:
-        self.engine = engine
-        self.loops = loops or (1 if engine.db.is_sqlite else engine.settings.engine_loops_pg)
-        self.threads: list[threading.Thread] = []
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        engines = [self.engine] + [self.engine.spawn_peer(i) for i in range(1, self.loops)]
-        for i, eng in enumerate(engines):
-            ready = threading.Event()
-            t = threading.Thread(target=self._main, args=(eng, ready), name=f"runbot-engine-{i}", daemon=True)
-            t.start()
-            ready.wait(10)
-            self.threads.append(t)
-
-    def _main(self, engine: Engine, ready: threading.Event) -> None:
-        try:
-            asyncio.run(engine.run_forever(ready))
-        except BaseException as exc:  # surfaced by /readyz
-            self.error = exc
-            log.error("engine loop crashed", error=repr(exc))
-            ready.set()
-
-    def alive(self) -> bool:
-        return bool(self.threads) and all(t.is_alive() for t in self.threads)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.engine.stop()
-        for peer in self.engine.peers:
-            peer.stop()
-        for t in self.threads:
-            t.join(timeout)
-
-
 def create_app(rt: Runtime, *, run_engine: bool = True) -> FastAPI:
-    engine_thread = EngineThread(rt.engine)
+    engine_thread = EngineThread(rt.engine, health=rt.health)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if run_engine:
             engine_thread.start()
-            rt.metrics.engine_up.set(1)
+            rt.metrics.engine_up.set_function(lambda: float(engine_thread.alive() and not any(
+                p for n, p in rt.health.workers() if n.startswith("engine-"))))  # fmt: skip
+        watch_background(rt)
+        tracer = tracing.install()  # off unless OTEL_* variables ask for traces
         for start in rt.background:
             start()
+        rt.catalog.log_broken()
         log.info("runbot started", version=__version__, runbooks=len(rt.catalog.all()),
                  database=rt.db.engine.url.render_as_string(hide_password=True))  # fmt: skip
         try:
             yield
         finally:
-            rt.metrics.engine_up.set(0)
-            engine_thread.stop()
+            rt.metrics.engine_up.set_function(lambda: 0.0)
+            # SIGTERM (uvicorn stopped taking requests): drain the engine, then the stoppers flush the Slack
+            # outbox and revoke the Vault token
+            log.info("runbot stopping", drain_seconds=rt.settings.shutdown_grace_seconds)
+            engine_thread.stop(grace=rt.settings.shutdown_grace_seconds)
             rt.close()
+            tracer.shutdown()
 
-    app = FastAPI(title="runbot", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="runbot", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)  # see runbot.adapters.api_docs (RUNBOT_API_DOCS)
     app.state.rt = rt
     app.state.engine_thread = engine_thread
     for spec in ADAPTERS:
         module, _, attr = spec.partition(":")
         getattr(importlib.import_module(module), attr or "install")(rt, app)
 
-    @app.get("/healthz", response_class=PlainTextResponse)
-    def healthz() -> str:
-        return "ok"
-
-    @app.get("/readyz")
-    def readyz() -> Response:
-        problems = []
-        try:
-            rt.db.ping()
-            if not rt.db.at_head():
-                problems.append("database schema is not at the latest migration (run: runbot db upgrade)")
-        except Exception as exc:
-            problems.append(f"database unreachable: {type(exc).__name__}")
-        if run_engine and not engine_thread.alive():
-            problems.append("engine loop is not running")
-        body = {"ready": not problems, "problems": problems, "runbooks": len(rt.catalog.all()),
-                "runbook_errors": [str(p) for p in rt.catalog.problems]}  # fmt: skip
-        return JSONResponse(body, status_code=200 if not problems else 503)
+    install_health(rt, app, engine_thread, run_engine)
 
     @app.get("/metrics")
     def metrics() -> Response:

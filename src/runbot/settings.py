@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,7 +14,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
 
 MASK = "****"
 
@@ -188,7 +187,8 @@ class Settings(BaseSettings):
         default=None, description="User group pinged (and allowed to approve) on escalation"
     )
     slack_usergroup_map: dict[str, str] = Field(
-        default_factory=dict, description='Approver names (e.g. `owner` label values) to user groups: {"team-api": "S0API"}'
+        default_factory=dict, description='Aliases for group names in runbooks and settings: {"oncall": "S0API"} '
+        "(alert label values go through RUNBOT_APPROVAL_LABEL_GROUPS)"
     )
     slack_usergroup_cache_seconds: float = Field(default=60.0, ge=0, description="How long group members are cached")
     slack_command: str = Field(default="/runbot", description="The slash command's name")
@@ -201,8 +201,36 @@ class Settings(BaseSettings):
         default_factory=list, description="Users/user groups who may cancel any run and unfreeze"
     )
     slack_freeze_allow: list[str] = Field(
-        default_factory=lambda: ["*"], description="Who may pull the kill switch (`freeze`); default anyone"
+        default_factory=list,
+        description="Who may pull the kill switch (`freeze`) besides the operators: user ids, user group ids or "
+        'handles, or "*" (anyone). Default: operators only (any workspace member could otherwise stop all remediations)',
     )
+    # --- approval policy (engine/approvals.py) ---
+    approval_label_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='`approvers.from_labels`: label value -> Slack user groups allowed to approve, e.g. '
+        '{"team-api": ["S0APIGROUP"]}. A label value not in this table names nobody (never a user or "*")',
+    )
+    identity_map: dict[str, str] = Field(
+        default_factory=dict,
+        description='Slack accounts to host users, e.g. {"slack:U0ALICE": "alice"}: one person across Slack and '
+        "the CLI, for self-approval and distinct approvers (keys slack:U… or slack:T…/U…)",
+    )
+    approval_cli_any_host_user: bool = Field(
+        default=False,
+        description="Allow CLI break-glass approval by any host user when a step lists no `approvers.cli_users`. "
+        "Default false: such steps cannot be approved from the host",
+    )
+    @field_validator("identity_map", mode="after")
+    @classmethod
+    def _identity_map(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"slack:([TE][A-Z0-9]{1,20}/)?[UW][A-Z0-9]{1,20}", k)]
+        if bad:
+            raise ValueError(f"identity_map keys must be slack:U… or slack:T…/U… user ids, not {bad}")
+        return {k: str(u).removeprefix("cli:") for k, u in v.items() if str(u).strip()}
+
     slack_incident_channels: bool = Field(default=False, description="Create a channel per incident and invite owners")
     slack_incident_channel_prefix: str = Field(default="inc", description="Incident channel name prefix")
     slack_incident_channel_invite: list[str] = Field(
@@ -214,6 +242,15 @@ class Settings(BaseSettings):
     )
     slack_outbox_poll: float = Field(default=0.5, gt=0, description="Seconds between outbox scans")
     slack_retry_max: float = Field(default=300.0, gt=0, description="Longest wait between delivery attempts")
+    slack_rate_scale: float = Field(
+        default=1.0, gt=0, description="Multiplies Slack's rate limits runbot paces itself to (tests: a faster fake)"
+    )
+    slack_update_interval: float = Field(
+        default=3.0, ge=0, description="Seconds between two in-place updates of one live run message"
+    )
+    slack_storm_threads: int = Field(
+        default=5, ge=1, description="Runs of one incident that get a thread each; later ones share one summary"
+    )
     slack_max_attempts: int = Field(
         default=8, ge=1, description="Attempts before a message Slack refuses for good (not 429/5xx) is dropped"
     )
@@ -240,6 +277,24 @@ class Settings(BaseSettings):
     postmortem_templates_dir: Path | None = Field(
         default=None,
         description="Team templates: <team>.<md|html>.j2, then postmortem.<md|html>.j2; else the built-in ones",
+    )
+    audit_head_publish_interval: float | None = Field(
+        default=None, gt=0,
+        description="Seconds between publications of the audit chain head by `serve` (anchoring); unset: never",
+    )
+    audit_head_publish_log: bool = Field(default=True, description="Publish the head as a log line")
+    audit_head_publish_slack_channel: str | None = Field(
+        default=None, description="Also post the head to this Slack channel (through the outbox)"
+    )
+    audit_head_publish_webhook_url: str | None = Field(
+        default=None, description="Also POST the head as JSON here; must pass RUNBOT_HTTP_ALLOW_HOSTS/_CIDRS"
+    )
+    audit_head_publish_webhook_token: SecretStr | None = Field(
+        default=None, description="Sent to the head webhook as Authorization: Bearer"
+    )
+    api_docs: Literal["off", "token", "public"] = Field(
+        default="off",
+        description="/docs, /redoc and /openapi.json: off (default), token (need the API bearer token) or public",
     )
     # --- end audit export, retention and postmortem ---
 
@@ -269,6 +324,11 @@ class Settings(BaseSettings):
     alertmanager_webhook_receivers: dict[str, WebhookCredential] = Field(
         default_factory=dict,
         description='Per-receiver credentials, e.g. {"prod": {"token": "..."}}; they only post as that receiver',
+    )
+    alertmanager_receiver_runbooks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Runbooks each receiver may start, as globs, e.g. {"prod": ["api-*", "disk-*"], "*": []}; '
+        'a receiver not listed (and no "*" entry): all runbooks',
     )
     alertmanager_allow_unauthenticated: bool = Field(
         default=False, description="Accept webhooks without credentials (local demos only)"
@@ -308,9 +368,20 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often a held remediation looks at the silence again"
     )
     alertmanager_silence_on_error: Literal["proceed", "hold"] = Field(
-        default="proceed", description="When Alertmanager cannot be asked: proceed (logged) or hold the step"
+        default="hold", description="When silences cannot be checked: hold the step with the reason (re-checked), or proceed (logged)"
     )
     # --- end alertmanager intake ---
+
+    # --- deploy ---
+    shutdown_grace_seconds: float = Field(
+        default=15.0, ge=0,
+        description="On SIGTERM: how long steps in flight may take to finish before their runs are handed to "
+        "another replica (keep it below the orchestrator's kill timeout, e.g. terminationGracePeriodSeconds)",
+    )
+    shutdown_flush_seconds: float = Field(
+        default=5.0, ge=0, description="On SIGTERM: how long queued Slack messages are still delivered"
+    )
+    # --- end deploy ---
 
     # --- vault ---
     vault_addr: str | None = Field(default=None, description="Vault/OpenBao address, e.g. https://vault.internal:8200")
@@ -358,6 +429,28 @@ class Settings(BaseSettings):
     )
     # --- end vault ---
 
+    # --- observability ---
+    worker_stall_seconds: float = Field(
+        default=120.0, gt=0, description="A worker busy this long without a heartbeat makes /healthz fail"
+    )
+    debug_worker_hooks: bool = Field(
+        default=False, description="Test only: POST /debug/workers/{name}/kill ends a worker (to test /healthz)"
+    )
+    # --- end observability ---
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        """postgres:// and postgresql:// (as Heroku, libpq and most docs write them) mean psycopg 3 here."""
+        if v is None:
+            return v
+        for prefix in ("postgres://", "postgresql://"):
+            if v.startswith(prefix):
+                return "postgresql+psycopg://" + v[len(prefix):]
+        if not v.startswith(("sqlite:", "postgresql+psycopg:")):
+            raise ValueError("use sqlite:///PATH or postgresql://USER@HOST/DB (psycopg 3)")
+        return v
+
     @field_validator("data_dir", "runbooks_dir", mode="after")
     @classmethod
     def _expand(cls, v: Path) -> Path:
@@ -372,7 +465,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        from runbot.settings_files import CredentialFileSource  # RUNBOT_<CREDENTIAL>_FILE
+
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, CredentialFileSource(settings_cls)]
         cfg = _config_file_from(init_settings)
         if cfg is not None:
             if cfg.suffix in (".toml",):
@@ -431,6 +526,8 @@ def _mask_obj(v: Any) -> Any:
 
 def mask_url(url: str) -> str:
     try:
+        from sqlalchemy.engine import make_url  # not at import time: `runbot --help` stays fast
+
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return MASK
@@ -442,5 +539,35 @@ def _config_file_from(init_settings: PydanticBaseSettingsSource) -> Path | None:
     return Path(raw) if raw else None
 
 
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+PATH_FIELDS = frozenset(name for name, f in Settings.model_fields.items() if "Path" in str(f.annotation))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings for a command: the project config file found (or named), and mistakes refused.
+
+    Raises ConfigError (one line and a hint) for a missing config file, an unknown key or RUNBOT_* variable,
+    or a value that does not validate. `RUNBOT_CONFIG=none` turns the search for a project file off.
+    """
+    from runbot import config_file as cf
+
+    env = cf.environ()
+    known = set(Settings.model_fields)
+    cf.check_environment(env, known)
+    values = {k: v for k, v in overrides.items() if v is not None}
+    path = cf.choose(config_file, env, Path.cwd())
+    if path is not None:
+        cfg = cf.read(path, known)
+        values = {**cf.relative_paths(cfg, set(PATH_FIELDS), env), **values, "config_file": path}
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise cf.ConfigError(one_line(exc), "see `runbot config show` and the configuration reference") from None
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem of a settings ValidationError, named as the user wrote it (variable or key)."""
+    errors = exc.errors()
+    first = errors[0]
+    name = ".".join(str(p) for p in first["loc"]) or "settings"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"setting {name} (RUNBOT_{name.split('.')[0].upper()}): {first['msg']}{more}"

@@ -59,10 +59,17 @@ def test_match_explains_matches_and_misses(env, tmp_path):
 
 
 def test_manual_run_waits_for_approval_then_break_glass_approval_finishes_it(env, tmp_path):
+    env = {**env, "RUNBOT_APPROVAL_CLI_ANY_HOST_USER": "true"}  # the step lists no cli_users
     out = rb(env, "run", "disk", "--param", "keep_days=3").stdout
     run_id = out.split()[1]
     assert "waiting" in out and f"runbot runs approve {run_id} --step clean" in out
     assert "approval" in rb(env, "runs", "show", run_id[:6]).stdout
+    refused = rb(env, "runs", "approve", run_id, "--as", "alice", ok=False).stderr  # you started it yourself
+    assert "refused: you requested this run and the runbook does not allow self-approval" in refused
+    allowed = write_runbook(Path(env["RUNBOT_RUNBOOKS_DIR"]), "disk", (Path(env["RUNBOT_RUNBOOKS_DIR"]) / "disk.yaml")
+                            .read_text().replace("timeout: 10m}", "timeout: 10m, allow_self_approval: true}"))
+    assert "allow_self_approval" in allowed.read_text()
+    run_id = rb(env, "run", "disk", "--param", "keep_days=3").stdout.split()[1]
     rb(env, "runs", "approve", run_id, "--as", "alice")
     follow = rb(env, "runs", "resume", run_id).stdout
     assert "cleaning logs older than 3 days" in follow and "succeeded" in follow
@@ -71,11 +78,11 @@ def test_manual_run_waits_for_approval_then_break_glass_approval_finishes_it(env
     rb(env, "audit", "verify")
 
 
-def test_dry_run_executes_nothing(env):
+def test_dry_run_executes_nothing(env, tmp_path):
     out = rb(env, "run", "disk", "--dry-run").stdout
-    assert "nothing is executed" in out and "approval: 1 of sre" in out
+    assert "nothing is executed" in out and "approval: 1 of group:sre" in out
     assert "cleaning logs older than 7 days" in out
-    assert rb(env, "runs", "list").stdout.count("\n") <= 2
+    assert not (tmp_path / "data" / "runbot.db").exists()  # not even a database was created
 
 
 @pytest.mark.parametrize("args,message", [
@@ -87,6 +94,7 @@ def test_dry_run_executes_nothing(env):
     (["frobnicate"], "No such command"),
 ])
 def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(env, args, message):
+    rb(env, "db", "upgrade")
     out = rb(env, *args, ok=False)
     assert message in out.stderr
     assert out.stderr.startswith("error:") or "Usage" in out.stderr

@@ -18,7 +18,8 @@ def queued(rt) -> list[tuple[str, dict]]:
 
 def test_a_break_glass_vote_and_a_freeze_from_the_cli_reach_slack(db_url, make_runtime, runbooks_dir):
     approval_book(runbooks_dir, min_approvals=2)
-    rt = make_runtime(db_url, slack_bot_token="xoxb-configured-elsewhere")  # e.g. `runbot runs approve` in a shell
+    rt = make_runtime(db_url, slack_bot_token="xoxb-configured-elsewhere",  # e.g. `runbot runs approve` in a shell
+                      approval_cli_any_host_user=True)  # the step lists no cli_users
     run_id = start(rt, "fix", requester="U_REQ")
     assert drive(rt, run_id) is RunStatus.WAITING
     (appr,) = pending(rt, run_id)
@@ -35,7 +36,7 @@ def test_a_break_glass_vote_and_a_freeze_from_the_cli_reach_slack(db_url, make_r
 
 def test_without_slack_nothing_is_queued(db_url, make_runtime, runbooks_dir):
     approval_book(runbooks_dir)
-    rt = make_runtime(db_url)
+    rt = make_runtime(db_url, approval_cli_any_host_user=True)
     run_id = start(rt, "fix", requester="U_REQ")
     drive(rt, run_id)
     (appr,) = pending(rt, run_id)

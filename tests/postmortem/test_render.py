@@ -79,7 +79,7 @@ def test_remediations_name_their_approvers_and_verification_and_refusals_are_lis
     md = render_postmortem(story.rt.db, story.incident_id, "md")
     rem = md[md.index("## Remediations"):md.index("## Throttled")]
     rollback = rem[rem.index("### Roll back the last deploy"):rem.index("### Restart every api pod")]
-    assert f"approved by {ALICE[1]}, {BOB[1]} (2 needed)" in rollback
+    assert f"approved by {ALICE[1]} ({ALICE[0]}), {BOB[1]} ({BOB[0]}) (2 needed)" in rollback  # name and stable id
     assert "- Verification: **succeeded**" in rollback and "Bearer ****(kv/deployer#token)" in rollback
     restart = rem[rem.index("### Restart every api pod"):]
     assert f"denied by {CAROL[1]}" in restart and "too broad for a 5xx spike" in restart
@@ -110,7 +110,7 @@ def test_html_is_self_contained_escaped_and_has_the_same_facts(story):
     assert re.findall(r'(?:src|href)="(?!data:)', html) == []
     pos = positions(html, [t.replace(" (1/2)", "").replace(" (2/2)", "") for t in TIMELINE])
     assert pos == sorted(pos)
-    assert f"approved by {ALICE[1]}, {BOB[1]}" in html and "<h2>Action items</h2>" in html
+    assert f"approved by {ALICE[1]} ({ALICE[0]}), {BOB[1]} ({BOB[0]})" in html and "<h2>Action items</h2>" in html
 
 
 def test_a_team_overrides_one_block_of_the_builtin_template(story, tmp_path):

@@ -23,7 +23,7 @@ def test_a_broken_directory_reports_every_problem_with_file_line_and_field():
     lines = lint_lines(BROKEN)
     many = str(BROKEN / "many.yaml")
     expected_prefixes = [
-        f"{many}:5: match[1]: invalid regex",
+        f"{many}:5: match[1]: column 13: invalid regex",
         f"{many}:8: steps[0].type: unknown step type 'prometheus.querry'",
         f"{many}:11: steps[1].id: duplicate step id 'ratio'",
         f"{many}:14: steps[1].with.message: unknown template variable 'alerts'",
@@ -83,3 +83,20 @@ steps:
     book, problems = parse_source(src, "refs.yaml", StepRegistry(Settings()))
     assert problems == [], problems
     assert [s.sid for s in book.spec.steps] == ["first", "second"]
+
+
+def test_slack_users_that_are_not_user_ids_are_named_because_they_would_never_match():
+    src = """
+name: names
+steps:
+  - id: restart
+    type: log
+    risk: high
+    approval: {approvers: {slack_users: [alice, "*", U0BOB, "slack:U0CAROL"]}}
+    with: {message: x}
+"""
+    _, problems = parse_source(src, "names.yaml", StepRegistry(Settings()))
+    lines = [str(p) for p in problems]
+    assert len(lines) == 2, lines
+    assert "steps[0].approval.approvers.slack_users[0]: 'alice' is not a Slack user id" in lines[0]
+    assert "slack_users[1]: '*' is not a Slack user id" in lines[1]

@@ -337,8 +337,10 @@ def test_binary_output_is_base64_and_json_is_parsed(tmp_path: Path) -> None:
 
 def test_secrets_are_redacted_from_output_and_errors(tmp_path: Path, argv_printer: str) -> None:
     secret = "tok-9f8e7d6c"
+    allow = {"allow": True, "reason": "the test program reads argv only"}
     err = fails(
-        settings(), {"argv": [PY, argv_printer, secret], "expect_exit": [1]}, redactor=Redactor([secret])
+        settings(), {"argv": [PY, argv_printer, secret], "expect_exit": [1], "secret_in_argv": allow},
+        redactor=Redactor([secret]),
     )
     assert secret not in err.message and secret not in json.dumps(err.output)
     assert "****" in err.output["stdout"]
@@ -446,3 +448,184 @@ def test_ssh_failure_and_missing_known_hosts(ssh_setup: tuple[Settings, Path]) -
     assert err.retryable is False and "RUNBOT_COMMAND_SSH_KNOWN_HOSTS is not set" in err.message
     with pytest.raises(ValueError, match="env is not supported with host"):
         CommandParams.model_validate({"argv": [PY], "host": "a.internal.example", "env": {"A": "1"}})
+
+
+# ---- secrets never in argv, command lines shown redacted ------------------------------------------------
+
+SPACED = "it's  \"sp4ced\"\t\tqu0te'd   s3cr3t-e1d2"
+LONG = "L0ngT0k3n-9e8d7c6b5a4f3e2d1c0b-a1b2c3d4e5f6a7b8"  # 46 characters
+ALLOW = {"allow": True, "reason": "the program reads the token from argv only"}
+
+
+def pieces(value: str, n: int = 12) -> list[str]:
+    return [value[i : i + n] for i in range(len(value) - n + 1)]
+
+
+def test_lint_refuses_a_secret_in_argv_unless_allowed_with_a_reason() -> None:
+    step = Command(settings())
+    problems = dict(step.lint({"argv": [PY, "--token={{ secret('kv/app#token') }}"], "read_only": True}))
+    assert "readable by every local user" in problems["argv[1]"] and "env:" in problems["argv[1]"]
+    assert "args[0]" in dict(step.lint({"argv": [PY], "args": ["{{ secret('kv/a#b') }}"]}))
+    assert step.lint({"argv": [PY, "{{ secret('kv/app#token') }}"], "secret_in_argv": ALLOW}) == []
+    no_reason = dict(step.lint({"argv": [PY, "{{ secret('kv/a#b') }}"], "secret_in_argv": {"allow": True}}))
+    assert "reason" in no_reason["secret_in_argv"]
+    assert step.lint({"argv": [PY], "env": {"TOKEN": "{{ secret('kv/a#b') }}"}, "stdin": "{{ secret('kv/a#c') }}"}) == []
+
+
+def test_a_registered_secret_in_argv_is_refused_at_run_time(argv_printer: str) -> None:
+    """What lint cannot see (e.g. vault.credentials values spliced in) is refused before anything runs."""
+    err = fails(settings(), {"argv": [PY, argv_printer, f"--password={LONG}"]}, redactor=Redactor([LONG]))
+    assert err.retryable is False and "argv[2] holds a secret" in err.message and LONG[:12] not in err.message
+
+
+def test_secrets_reach_the_program_through_env_and_stdin(tmp_path: Path) -> None:
+    reader = script(tmp_path, "read.py", "import os, sys\nprint(os.environ['TOKEN'] == sys.stdin.read())\n")
+    red = Redactor([LONG])
+    out = run(settings(), {"argv": [PY, reader], "env": {"TOKEN": LONG}, "stdin": LONG}, redactor=red).output
+    assert out["stdout"].strip() == "True"
+    assert LONG not in json.dumps(out)
+
+
+def test_command_lines_are_shown_as_argv_lists_masked_before_joining_or_cutting(tmp_path: Path) -> None:
+    failing = script(tmp_path, "fail.py", "import sys\nsys.exit(2)\n")
+    red = Redactor([SPACED, LONG])
+    argv = [PY, failing, "--verbose", "--region=eu-west-1", "--cluster=prod-main-01", SPACED, f"--token={LONG}"]
+    err = fails(settings(), {"argv": argv, "secret_in_argv": ALLOW}, redactor=red)
+    assert err.output["argv"][-2:] == ["****", "--token=****"]
+    assert err.message.startswith('command ["')
+    for value in (SPACED, LONG):
+        for piece in pieces(value):
+            assert piece not in err.message and piece not in json.dumps(err.output), piece
+
+
+def test_ssh_command_lines_are_masked_before_quoting(
+    ssh_setup: tuple[Settings, Path], argv_printer: str
+) -> None:
+    s, _ = ssh_setup
+    red = Redactor([SPACED])
+    out = run(s, {"argv": [PY, argv_printer, SPACED], "host": "web1.internal.example", "secret_in_argv": ALLOW},
+              redactor=red).output  # fmt: skip
+    assert out["argv"][-1] == "'****'" and "sp4ced" not in json.dumps(out)  # masked, then quoted
+
+
+# ---- env deny-list --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONSTARTUP",
+                                  "BASH_ENV", "ENV", "IFS", "PERL5OPT", "NODE_OPTIONS", "BASH_FUNC_ls", "PATH"])  # fmt: skip
+def test_dangerous_environment_variables_are_refused(name: str) -> None:
+    assert "is refused" in dict(Command(settings()).lint({"argv": [PY], "env": {name: "x"}}))[f"env.{name}"]
+    with pytest.raises(ValueError, match="is refused"):
+        CommandParams.model_validate({"argv": [PY], "env": {name: "/tmp/evil.so"}})
+
+
+# ---- the allow-list names files -------------------------------------------------------------------------
+
+
+def _tool(path: Path, word: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {word}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_symlink_retargeted_after_start_is_refused(tmp_path: Path) -> None:
+    good, evil = _tool(tmp_path / "good", "good"), _tool(tmp_path / "evil", "evil")
+    link = tmp_path / "bin" / "tool"
+    link.parent.mkdir()
+    link.symlink_to(good)
+    s = settings(command_allow=[str(link)])
+    step = Command(s)
+    assert step.lint({"argv": [str(link)]}) == []
+    link.unlink()
+    link.symlink_to(evil)
+    problems = dict(step.lint({"argv": [str(link)]}))
+    assert "not the file allowed" in problems["argv[0]"] and str(good) in problems["argv[0]"]
+
+
+def test_a_bare_name_is_pinned_to_the_file_found_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tool(tmp_path / "usr" / "mytool", "real")
+    _tool(tmp_path / "early" / "mytool", "impostor")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'usr'}:/usr/bin:/bin")
+    s = settings(command_allow=["mytool"])
+    step = Command(s)
+    assert run(s, {"argv": ["mytool"]}).output["stdout"].strip() == "real"
+
+    async def go() -> StepError:
+        monkeypatch.setenv("PATH", f"{tmp_path / 'early'}:{tmp_path / 'usr'}:/usr/bin:/bin")  # PATH order changed
+        ctx = make_ctx(s)
+        with pytest.raises(StepError) as info:
+            await step.run(CommandParams.model_validate({"argv": ["mytool"]}), ctx)
+        return info.value
+
+    err = asyncio.run(go())
+    assert err.retryable is False and "not the file allowed" in err.message
+
+
+def test_the_pinned_file_itself_is_executed(tmp_path: Path, argv_printer: str) -> None:
+    link = tmp_path / "py"
+    link.symlink_to(PY)
+    out = run(settings(command_allow=[str(link)]), {"argv": [str(link), argv_printer, "x"]}).output
+    assert json.loads(out["stdout"]) == ["x"] and out["argv"][0] == str(link)
+
+
+# ---- options injection ----------------------------------------------------------------------------------
+
+
+def run_templated(s: Settings, raw: dict[str, Any], rendered: dict[str, Any]) -> StepResult:
+    """As the engine calls it: rendered params, with the raw `with:` in ctx.raw_params."""
+    ctx = make_ctx(s)
+    ctx.raw_params = raw
+
+    async def go() -> StepResult:
+        ctx.deadline = asyncio.get_running_loop().time() + 20
+        result = await Command(s).run(CommandParams.model_validate(rendered), ctx)
+        assert isinstance(result, StepResult)
+        return result
+
+    return asyncio.run(go())
+
+
+def test_a_templated_value_starting_with_dash_is_refused(argv_printer: str) -> None:
+    s = settings()
+    raw = {"argv": [PY, argv_printer, "{{ alert.labels.path }}"]}
+    with pytest.raises(StepError, match=r"argv\[2\] = '--delete' comes from a template") as info:
+        run_templated(s, raw, {"argv": [PY, argv_printer, "--delete"]})
+    assert info.value.retryable is False
+    allowed = run_templated(s, {**raw, "allow_dash_values": True},
+                            {"argv": [PY, argv_printer, "--delete"], "allow_dash_values": True})  # fmt: skip
+    assert json.loads(allowed.output["stdout"]) == ["--delete"]
+
+
+def test_literal_options_and_operands_after_double_dash_are_not_refused(argv_printer: str) -> None:
+    s = settings()
+    raw = {"argv": [PY, argv_printer, "--name={{ x }}"], "args": ["{{ y }}"], "args_end_of_options": True}
+    out = run_templated(s, raw, {"argv": [PY, argv_printer, "--name=-x"], "args": ["-rf"],
+                                 "args_end_of_options": True}).output  # fmt: skip
+    assert json.loads(out["stdout"]) == ["--name=-x", "--", "-rf"]
+    with pytest.raises(StepError, match=r"args\[0\]"):
+        run_templated(s, {"argv": [PY, argv_printer], "args": ["{{ y }}"]}, {"argv": [PY, argv_printer], "args": ["-rf"]})
+
+
+def test_the_engine_refuses_an_alert_label_that_would_become_an_option(
+    make_runtime: Any, runbooks_dir: Path, argv_printer: str
+) -> None:
+    """End to end: the engine hands the raw `with:` to the step, so a hostile label is caught."""
+    from runbot.domain import RunStatus
+    from tests.conftest import write_runbook
+    from tests.engine.helpers import drive, start, steps
+
+    write_runbook(runbooks_dir, "find", f"""
+        name: find
+        steps:
+          - id: look
+            type: command
+            with: {{argv: ["{PY}", "{argv_printer}", "{{{{ alert.labels.path }}}}"], read_only: true}}
+        """)  # fmt: skip
+    rt = make_runtime(command_allow=[PY])
+    assert not rt.catalog.reload(), rt.catalog.problems
+    bad = start(rt, "find", alert={"labels": {"path": "-delete"}, "annotations": {}})
+    assert drive(rt, bad) is RunStatus.FAILED
+    assert "argv[2] = '-delete' comes from a template" in steps(rt, bad)[0]["error"]
+    good = start(rt, "find", alert={"labels": {"path": "/var/log"}, "annotations": {}})
+    assert drive(rt, good) is RunStatus.SUCCEEDED

@@ -431,6 +431,58 @@ def test_redirect_method_and_credential_rules() -> None:
         )
 
 
+def test_custom_secret_headers_do_not_follow_a_cross_origin_redirect() -> None:
+    token = "tok-7c6b5a4f3e2d"
+    with HttpTarget() as a, HttpTarget() as b:
+        a.route("/hop", Reply.redirect(b.url("/land"), 302))
+        a.route("/stay", Reply.redirect("/land", 302))
+        a.route("/land", Reply(200))
+        b.route("/land", Reply(200))
+        s = settings_for(a, b)
+        headers = {"X-Api-Key": "k-1", "X-Custom": f"Bearer {token}", "X-Request-Id": "req-1", "Accept": "text/plain"}
+        run(s, {"url": a.url("/hop"), "headers": headers}, ctx=make_ctx(s, redactor=Redactor([token])))
+        landed = b.last("/land")
+        assert landed.header("X-Api-Key") is None, "a header named like a credential stays with its origin"
+        assert landed.header("X-Custom") is None, "a header holding a registered secret stays with its origin"
+        assert landed.header("X-Request-Id") == "req-1" and landed.header("Accept") == "text/plain"
+        run(s, {"url": a.url("/stay"), "headers": headers}, ctx=make_ctx(s, redactor=Redactor([token])))
+        assert a.last("/land").header("X-Api-Key") == "k-1" and a.last("/land").header("X-Custom") == f"Bearer {token}"
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_body_is_never_resent_to_another_origin(status: int) -> None:
+    with HttpTarget() as a, HttpTarget() as b:
+        a.route("/post", Reply.redirect(b.url("/elsewhere"), status))
+        b.route("/elsewhere", Reply(200))
+        err = fails(settings_for(a, b), {"method": "POST", "url": a.url("/post"), "json": {"password": "pw"}})
+        assert err.retryable is False and "would resend the request body" in err.message
+        assert b.calls("/elsewhere") == 0
+
+
+def test_a_binary_body_is_masked_before_it_is_base64_encoded(srv: HttpTarget) -> None:
+    secret = "bin-s3cret-9a8b7c"
+    srv.route("/bin", Reply(body=b"\xff\xfe" + secret.encode() + b"\x00\x81"))
+    s = settings_for(srv)
+    out = run(s, {"url": srv.url("/bin")}, ctx=make_ctx(s, redactor=Redactor([secret]))).output
+    assert out["body_encoding"] == "base64" and base64.b64decode(out["body"]) == b"\xff\xfe****\x00\x81"
+
+
+def test_a_secret_straddling_the_capture_cap_is_masked_whole(srv: HttpTarget) -> None:
+    secret = "cut-s3cret-0123456789abcdef"
+    srv.route("/long", Reply(body=("x" * 90 + secret + "y" * 500).encode()))
+    s = settings_for(srv)
+    out = run(s, {"url": srv.url("/long"), "max_response_bytes": 100},
+              ctx=make_ctx(s, redactor=Redactor([secret]))).output  # fmt: skip
+    assert out["truncated"] is True and out["body"].startswith("x" * 90 + "****")
+    assert secret[:10] not in out["body"]
+
+
+def test_basic_auth_uses_the_decoded_user_and_password(srv: HttpTarget) -> None:
+    srv.route("/p", Reply(200))
+    run(settings_for(srv), {"url": f"http://ops:p%40ss%2Fw@{srv.netloc}/p"})
+    assert srv.last("/p").header("Authorization") == "Basic " + base64.b64encode(b"ops:p@ss/w").decode()
+
+
 def test_cookies_are_not_carried_between_hops(srv: HttpTarget) -> None:
     srv.route("/set", Reply(302, headers={"Location": "/next", "Set-Cookie": "session=abc; Path=/"}))
     srv.route("/next", Reply(200))

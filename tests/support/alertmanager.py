@@ -99,6 +99,17 @@ class AlertmanagerProcess(ManagedProcess):
         self.start_on_free_port(argv, timeout)
         return self
 
+    def restart(self, timeout: float = 20.0) -> AlertmanagerProcess:
+        """Start again on the same port and work directory (after `stop()`): the same URL, its silences kept."""
+        config = self.workdir / "alertmanager.yml"
+        self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        self.wait_ready(timeout)
+        return self
+
     def probe_ready(self) -> bool:
         return self.request("GET", "/-/ready")[0] == 200
 
@@ -128,9 +139,12 @@ class AlertmanagerProcess(ManagedProcess):
         return list(self.request("GET", "/api/v2/alerts")[1] or [])
 
     def create_silence(self, labels: dict[str, str], *, minutes: float = 10, comment: str = "maintenance",
-                       created_by: str = "test") -> str:  # fmt: skip
+                       created_by: str = "test", matchers: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+        """A silence on these labels (equality), or on explicit API matchers {name, value, isRegex, isEqual}."""
         now = datetime.now(UTC)
-        body = {"matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in labels.items()],
+        given = matchers if matchers is not None else [
+            {"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in labels.items()]
+        body = {"matchers": given,
                 "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=minutes)).isoformat(),
                 "createdBy": created_by, "comment": comment}  # fmt: skip
         status, resp = self.request("POST", "/api/v2/silences", body)

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import threading
 import time
 import urllib.parse
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block as SdkBlock
 
 BOT_TOKEN = "xoxb-fake-bot-token"
 APP_TOKEN = "xapp-fake-app-token"
@@ -54,6 +57,7 @@ class _Failure:
     retry_after: float | None
     times: int
     html: bool = False
+    when: Any = None  # a predicate over the call's args; None: every call
 
 
 @dataclass
@@ -83,9 +87,298 @@ def _texts(obj: Any) -> list[str]:
     return []
 
 
+# ---- Slack's limits, enforced ------------------------------------------------------------------------------------
+# From Slack's reference (docs.slack.dev: Block Kit blocks, composition objects, chat.postMessage, views, rate
+# limits). The fake answers the way Slack answers: `invalid_blocks` for a block over a limit,
+# `msg_blocks_too_long` when a message's blocks carry too much text in total (Slack's own threshold is not
+# published; reports put it near 13k characters, so the fake refuses above 12,000), `msg_too_long` for
+# top-level text over 40,000 characters, `invalid_arguments` for views.
+
+MSG_TEXT_MAX = 40_000
+MSG_BLOCKS_MAX = 50
+VIEW_BLOCKS_MAX = 100
+MSG_BLOCK_TEXT_TOTAL_MAX = 12_000
+VIEW_TITLE_MAX = 24
+PRIVATE_METADATA_MAX = 3000
+ID_MAX = 255
+
+
+class Refused(Exception):
+    """A payload Slack would refuse; `error` is Slack's error code."""
+
+    def __init__(self, error: str, why: str) -> None:
+        super().__init__(f"{error}: {why}")
+        self.error = error
+        self.why = why
+
+
+def _text_obj(obj: Any, where: str, limit: int, *, plain_only: bool = False) -> int:
+    """A text composition object; returns its length."""
+    if not isinstance(obj, dict) or obj.get("type") not in ("plain_text", "mrkdwn"):
+        raise Refused("invalid_blocks", f"{where}: not a text object")
+    if plain_only and obj["type"] != "plain_text":
+        raise Refused("invalid_blocks", f"{where}: must be plain_text")
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        raise Refused("invalid_blocks", f"{where}: text must be a non-empty string")
+    if len(text) > limit:
+        raise Refused("invalid_blocks", f"{where}: {len(text)} characters (max {limit})")
+    return len(text)
+
+
+def _ids(obj: dict[str, Any], where: str) -> None:
+    for key in ("block_id", "action_id"):
+        v = obj.get(key)
+        if v is not None and (not isinstance(v, str) or len(v) > ID_MAX):
+            raise Refused("invalid_blocks", f"{where}.{key}: {len(str(v))} characters (max {ID_MAX})")
+
+
+def _confirm(c: dict[str, Any], where: str) -> int:
+    n = _text_obj(c.get("title"), f"{where}.title", 100, plain_only=True)
+    n += _text_obj(c.get("text"), f"{where}.text", 300)
+    n += _text_obj(c.get("confirm"), f"{where}.confirm", 30, plain_only=True)
+    return n + _text_obj(c.get("deny"), f"{where}.deny", 30, plain_only=True)
+
+
+def _option(o: dict[str, Any], where: str) -> int:
+    n = _text_obj(o.get("text"), f"{where}.text", 75)
+    v = o.get("value")
+    if not isinstance(v, str) or not v or len(v) > 150:
+        raise Refused("invalid_blocks", f"{where}.value: {len(str(v or ''))} characters (max 150)")
+    return n
+
+
+def _element(el: dict[str, Any], where: str) -> int:
+    if not isinstance(el, dict):
+        raise Refused("invalid_blocks", f"{where}: not an object")
+    _ids(el, where)
+    kind = el.get("type")
+    n = 0
+    if kind == "button":
+        n += _text_obj(el.get("text"), f"{where}.text", 75, plain_only=True)
+        if len(str(el.get("value") or "")) > 2000:
+            raise Refused("invalid_blocks", f"{where}.value over 2000 characters")
+    if isinstance(el.get("confirm"), dict):
+        n += _confirm(el["confirm"], f"{where}.confirm")
+    if kind in ("static_select", "multi_static_select", "overflow", "radio_buttons", "checkboxes"):
+        options = el.get("options") or []
+        if not options or len(options) > (5 if kind == "overflow" else 10 if kind == "checkboxes" else 100):
+            raise Refused("invalid_blocks", f"{where}.options: {len(options)} options")
+        values = [o.get("value") for o in options]
+        for i, o in enumerate(options):
+            n += _option(o, f"{where}.options[{i}]")
+        if len(set(values)) != len(values):
+            raise Refused("invalid_blocks", f"{where}.options: duplicate values")
+        init = el.get("initial_option")
+        if init is not None and init not in options:
+            raise Refused("invalid_blocks", f"{where}.initial_option is not one of the options")
+    if el.get("placeholder") is not None:
+        n += _text_obj(el["placeholder"], f"{where}.placeholder", 150, plain_only=True)
+    if kind == "plain_text_input" and len(str(el.get("initial_value") or "")) > int(el.get("max_length") or 3000):
+        raise Refused("invalid_blocks", f"{where}.initial_value over max_length")
+    return n
+
+
+def _block(b: Any, where: str) -> int:
+    """One block; returns the characters of text it carries."""
+    if not isinstance(b, dict):
+        raise Refused("invalid_blocks", f"{where}: not an object")
+    _ids(b, where)
+    kind = b.get("type")
+    n = 0
+    if kind == "section":
+        if b.get("text") is None and not b.get("fields"):
+            raise Refused("invalid_blocks", f"{where}: a section needs text or fields")
+        if b.get("text") is not None:
+            n += _text_obj(b["text"], f"{where}.text", 3000)
+        fields = b.get("fields") or []
+        if len(fields) > 10:
+            raise Refused("invalid_blocks", f"{where}.fields: {len(fields)} (max 10)")
+        for i, f in enumerate(fields):
+            n += _text_obj(f, f"{where}.fields[{i}]", 2000)
+        if b.get("accessory") is not None:
+            n += _element(b["accessory"], f"{where}.accessory")
+    elif kind == "header":
+        n += _text_obj(b.get("text"), f"{where}.text", 150, plain_only=True)
+    elif kind == "context":
+        els = b.get("elements") or []
+        if not els or len(els) > 10:
+            raise Refused("invalid_blocks", f"{where}.elements: {len(els)} (between 1 and 10)")
+        for i, e in enumerate(els):
+            n += _text_obj(e, f"{where}.elements[{i}]", 3000) if e.get("type") != "image" else 0
+    elif kind == "actions":
+        els = b.get("elements") or []
+        if not els or len(els) > 25:
+            raise Refused("invalid_blocks", f"{where}.elements: {len(els)} (between 1 and 25)")
+        for i, e in enumerate(els):
+            n += _element(e, f"{where}.elements[{i}]")
+    elif kind == "input":
+        n += _text_obj(b.get("label"), f"{where}.label", 2000, plain_only=True)
+        if b.get("hint") is not None:
+            n += _text_obj(b["hint"], f"{where}.hint", 2000, plain_only=True)
+        n += _element(b.get("element") or {}, f"{where}.element")
+    elif kind == "divider":
+        pass
+    elif kind not in ("image", "rich_text", "markdown", "file", "video"):
+        raise Refused("invalid_blocks", f"{where}: unknown block type {kind!r}")
+    try:  # slack_sdk's Block Kit models know a few more rules; a formation error there is Slack's refusal too
+        model = SdkBlock.parse(b)
+        if model is not None:
+            model.to_dict()
+    except SlackObjectFormationError as exc:
+        raise Refused("invalid_blocks", f"{where}: {exc}") from None
+    return n
+
+
+def check_blocks(blocks: Any, *, limit: int, total_max: int | None, error: str = "invalid_blocks") -> None:
+    if not isinstance(blocks, list):
+        raise Refused(error, "blocks must be an array")
+    if len(blocks) > limit:
+        raise Refused(error, f"{len(blocks)} blocks (max {limit})")
+    total = 0
+    ids: set[str] = set()
+    for i, b in enumerate(blocks):
+        try:
+            total += _block(b, f"blocks[{i}]")
+        except Refused as exc:
+            raise Refused(error, exc.why) from None
+        bid = b.get("block_id")
+        if bid is not None:
+            if bid in ids:
+                raise Refused(error, f"blocks[{i}]: duplicate block_id")
+            ids.add(bid)
+    if total_max is not None and total > total_max:
+        raise Refused("msg_blocks_too_long", f"{total} characters of block text (max {total_max})")
+
+
+def check_message(args: dict[str, Any]) -> None:
+    """chat.postMessage / chat.update / chat.postEphemeral / response_url payloads."""
+    text = args.get("text")
+    if text is not None and len(str(text)) > MSG_TEXT_MAX:
+        raise Refused("msg_too_long", f"text of {len(str(text))} characters (max {MSG_TEXT_MAX})")
+    blocks = _decoded(args.get("blocks"))
+    if blocks:
+        check_blocks(blocks, limit=MSG_BLOCKS_MAX, total_max=MSG_BLOCK_TEXT_TOTAL_MAX)
+
+
+def check_view(view: Any) -> None:
+    """views.open / views.update / views.publish: Slack answers invalid_arguments for a bad view."""
+    if not isinstance(view, dict) or view.get("type") not in ("modal", "home"):
+        raise Refused("invalid_arguments", "view must be a modal or home view")
+    meta = view.get("private_metadata")
+    if meta is not None and len(str(meta)) > PRIVATE_METADATA_MAX:
+        raise Refused("invalid_arguments", f"private_metadata of {len(str(meta))} characters (max 3000)")
+    if len(str(view.get("callback_id") or "")) > ID_MAX:
+        raise Refused("invalid_arguments", "callback_id over 255 characters")
+    if view["type"] == "modal":
+        for key in ("title", "submit", "close"):
+            if view.get(key) is not None or key == "title":
+                try:
+                    _text_obj(view.get(key), key, VIEW_TITLE_MAX, plain_only=True)
+                except Refused as exc:
+                    raise Refused("invalid_arguments", exc.why) from None
+    check_blocks(view.get("blocks") or [], limit=VIEW_BLOCKS_MAX, total_max=None, error="invalid_arguments")
+
+
+def _decoded(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise Refused("invalid_blocks_format", "blocks are not JSON") from None
+    return value
+
+
+# ---- Slack's rate limits ----------------------------------------------------------------------------------------
+
+TIER_PER_MINUTE = {1: 1.0, 2: 20.0, 3: 50.0, 4: 100.0}
+METHOD_TIER = {
+    "auth.test": 4, "chat.update": 3, "chat.postEphemeral": 4, "chat.delete": 3, "views.open": 4,
+    "views.publish": 4, "views.update": 4, "files.getUploadURLExternal": 4, "files.completeUploadExternal": 4,
+    "conversations.create": 2, "conversations.invite": 3, "usergroups.list": 2, "usergroups.users.list": 2,
+    "users.info": 4,
+}  # fmt: skip
+
+
+@dataclass
+class RateLimits:
+    """Token buckets as a model of Slack's limits: per method (its tier, per minute) and, for
+    chat.postMessage, per channel (about one a second, short bursts allowed) plus a workspace-wide cap.
+
+    `speed` multiplies every rate (tests use fast limits with Slack's shape); `burst_seconds` is how much
+    quota a bucket holds (Slack tolerates bursts). Retry-After is the time until the next token."""
+
+    speed: float = 1.0
+    burst_seconds: float = 6.0
+    post_per_channel_per_second: float = 1.0
+    post_channel_burst: float = 4.0
+    post_workspace_per_minute: float = 600.0
+
+    @classmethod
+    def slack(cls) -> RateLimits:
+        return cls()
+
+    @classmethod
+    def fast(cls, speed: float = 20.0) -> RateLimits:
+        return cls(speed=speed)
+
+
+class _Bucket:
+    def __init__(self, per_second: float, capacity: float) -> None:
+        self.rate = per_second
+        self.capacity = max(1.0, capacity)
+        self.tokens = self.capacity
+        self.at = time.monotonic()
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken, else the seconds until one is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class _Limiter:
+    def __init__(self, limits: RateLimits) -> None:
+        self.limits = limits
+        self.buckets: dict[tuple[str, str], _Bucket] = {}
+        self.lock = threading.Lock()
+
+    def _bucket(self, key: tuple[str, str], per_second: float, capacity: float) -> _Bucket:
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = _Bucket(per_second, capacity)
+        return b
+
+    def check(self, method: str, channel: str | None) -> float:
+        """0 when the call may go through, else Retry-After seconds."""
+        lim = self.limits
+        now = time.monotonic()
+        with self.lock:
+            if method == "chat.postMessage":
+                per_s = lim.post_workspace_per_minute / 60 * lim.speed
+                wait = self._bucket(("ws", method), per_s, per_s * lim.burst_seconds).take(now)
+                if wait == 0.0 and channel:
+                    per_c = lim.post_per_channel_per_second * lim.speed
+                    wait = self._bucket(("ch", channel), per_c, lim.post_channel_burst).take(now)
+                    if wait > 0:  # give the workspace token back: the call is refused
+                        self.buckets[("ws", method)].tokens += 1.0
+                return wait
+            tier = METHOD_TIER.get(method)
+            if tier is None:
+                return 0.0
+            per_s = TIER_PER_MINUTE[tier] / 60 * lim.speed
+            return self._bucket(("m", method), per_s, per_s * lim.burst_seconds).take(now)
+
+
 class FakeSlack:
     def __init__(self, *, bot_token: str = BOT_TOKEN, app_token: str = APP_TOKEN, team_id: str = "T0TEAM",
-                 enterprise_id: str | None = None, bot_user_id: str = "U0BOT") -> None:  # fmt: skip
+                 enterprise_id: str | None = None, bot_user_id: str = "U0BOT",
+                 rate_limits: RateLimits | None = None, strict: bool = True) -> None:  # fmt: skip
+        """`rate_limits`: None for fast limits of Slack's shape (RateLimits.fast()); RateLimits.slack() for
+        Slack's published rates. `strict`: refuse payloads over Slack's limits (always, unless a test says)."""
         self.bot_token = bot_token
         self.app_token = app_token
         self.team_id = team_id
@@ -109,6 +402,10 @@ class FakeSlack:
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.socket_connected = threading.Event()
+        self.strict = strict
+        self.limiter = _Limiter(rate_limits or RateLimits.fast())
+        self.refusals: list[tuple[str, str, str]] = []  # (method, error, why): what Slack would have refused
+        self.ratelimited = 0  # 429s answered by the rate limiter (not by fail())
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -192,11 +489,12 @@ class FakeSlack:
     # ---- trouble on demand ---------------------------------------------------------------------------------------
 
     def fail(self, method: str, *, status: int = 429, times: int = 1, retry_after: float | None = None,
-             error: str | None = None, html: bool = False) -> FakeSlack:  # fmt: skip
-        """The next `times` calls of `method` answer `status` (429 with Retry-After, 5xx, ...)."""
+             error: str | None = None, html: bool = False, when: Any = None) -> FakeSlack:  # fmt: skip
+        """The next `times` calls of `method` (for which `when(args)` holds) answer `status` (429 with
+        Retry-After, 5xx, or 200 with `error`, as Slack refuses a payload)."""
         err = error or ("ratelimited" if status == 429 else "internal_error" if status >= 500 else "invalid_request")
         with self._lock:
-            self._failures.setdefault(method, []).append(_Failure(status, err, retry_after, times, html))
+            self._failures.setdefault(method, []).append(_Failure(status, err, retry_after, times, html, when))
         return self
 
     # ---- inspection ---------------------------------------------------------------------------------------------
@@ -271,15 +569,15 @@ class FakeSlack:
         with self._lock:
             self._calls.append(call)
 
-    def _next_failure(self, method: str) -> _Failure | None:
+    def _next_failure(self, method: str, args: dict[str, Any]) -> _Failure | None:
         with self._lock:
             queue = self._failures.get(method) or []
-            if not queue:
+            f = next((f for f in queue if f.when is None or f.when(args)), None)
+            if f is None:
                 return None
-            f = queue[0]
             f.times -= 1
             if f.times <= 0:
-                queue.pop(0)
+                queue.remove(f)
             return f
 
     def _ts(self) -> str:
@@ -290,7 +588,7 @@ class FakeSlack:
         args = await self._args(request)
         headers = dict(request.headers)
         token = (headers.get("Authorization") or "").removeprefix("Bearer ").strip() or str(args.get("token") or "")
-        failure = self._next_failure(method)
+        failure = self._next_failure(method, args)
         if failure is not None:
             self._record(Call(method, args, headers, time.time(), failure.status, request.path))
             hdrs = {"Retry-After": f"{failure.retry_after:g}"} if failure.retry_after is not None else {}
@@ -298,6 +596,14 @@ class FakeSlack:
                 return web.Response(status=failure.status, text="<html>Bad gateway</html>", content_type="text/html",
                                     headers=hdrs)  # fmt: skip
             return web.json_response({"ok": False, "error": failure.error}, status=failure.status, headers=hdrs)
+        channel = str(args.get("channel") or args.get("channel_id") or "") or None
+        wait = self.limiter.check(method, self._channel_id(channel) if channel else None)
+        if wait > 0:
+            self._record(Call(method, args, headers, time.time(), 429, request.path))
+            with self._lock:
+                self.ratelimited += 1
+            retry = str(math.ceil(wait)) if self.limiter.limits.speed == 1.0 else f"{wait:.3f}"
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": retry})
         self._record(Call(method, args, headers, time.time(), 200, request.path))
         want = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != want:
@@ -305,6 +611,15 @@ class FakeSlack:
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
+        try:
+            if self.strict and method in ("chat.postMessage", "chat.update", "chat.postEphemeral"):
+                check_message(args)
+            if self.strict and method in ("views.open", "views.publish", "views.update"):
+                check_view(_decoded(args.get("view")))
+        except Refused as exc:
+            with self._lock:
+                self.refusals.append((method, exc.error, exc.why))
+            return web.json_response({"ok": False, "error": exc.error, "response_metadata": {"messages": [exc.why]}})
         result = handler(args)
         if not result.get("ok", True):
             return web.json_response(result)
@@ -316,6 +631,14 @@ class FakeSlack:
             body = json.loads(raw or b"{}")
         except ValueError:
             body = {"raw": raw.decode("utf-8", "replace")}
+        try:
+            if self.strict:
+                check_message(body)
+        except Refused as exc:
+            with self._lock:
+                self.refusals.append(("response_url", exc.error, exc.why))
+            self._record(Call("response_url", body, dict(request.headers), time.time(), 400, request.path))
+            return web.Response(status=400, text=exc.error)
         self._record(Call("response_url", body, dict(request.headers), time.time(), 200, request.path))
         return web.Response(text="ok")
 

@@ -137,7 +137,10 @@ class Housekeeping:
 
 
 def install(rt: Runtime, app: FastAPI) -> None:
+    from runbot.audit.publish import install as install_head_publisher
+
     app.include_router(router(rt))
+    install_head_publisher(rt)  # RUNBOT_AUDIT_HEAD_PUBLISH_INTERVAL: the head, regularly, outside the database
     s = rt.settings
     if s.postmortem_auto or s.retention_runs_days or s.retention_alerts_days or s.retention_audit_days:
         keeper = Housekeeping(rt)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from runbot import mdsafe
 from runbot.audit import log as audit
 from runbot.audit.records import (
     ExportFilter,
@@ -153,8 +154,16 @@ def csv_row(v: dict[str, Any]) -> list[Any]:
             "; ".join(v["approvers"]), v["outcome"], v["details"], v["prev_hash"], v["hash"]]  # fmt: skip
 
 
+# OWASP "CSV Injection" (and ASVS 1.2.10, which adds NUL): a cell whose first character is one of these is
+# read as a formula by Excel, LibreOffice and Google Sheets. Such a cell is prefixed with a single quote (the
+# spreadsheet's "this is text" mark) and quoted; every other cell is plain RFC 4180.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
 def _csv_field(v: Any) -> str:
     s = v if isinstance(v, str) else str(v)
+    if s.startswith(FORMULA_START):
+        return "\"'" + s.replace('"', '""') + '"'
     if '"' in s or "," in s or "\n" in s or "\r" in s:
         return '"' + s.replace('"', '""') + '"'
     return s
@@ -176,8 +185,11 @@ def _csv_fast(r: tuple[Any, ...], votes: dict[str, list[dict[str, Any]]], versio
             name, decision, who = decision_of(action, actor, outcome, d, time, votes)
             approvers = "; ".join(who)
     q = _csv_field
-    short = f"{actor}{name}{action}{inc}{run_id}{step_id}{rb}{rbv}{decision}{outcome}{prev}{h}"
-    if '"' in short or "," in short or "\n" in short or "\r" in short:  # rare: quote every field
+    # the fields written unquoted, each after a comma: a comma or quote inside any sends the row field by field,
+    # so here ",=" can only be a field that starts with "=" (the quoted ones are neutralised by _csv_field)
+    short = f",{actor},{name},{action},{inc},{run_id},{step_id},{rb},{rbv},{decision},{outcome},{prev},{h}"
+    if ('"' in short or "\n" in short or "\r" in short or "\t" in short or "\0" in short or short.count(",") != 12
+            or ",=" in short or ",+" in short or ",-" in short or ",@" in short):  # rare: field by field
         return csv_line([seq, time, actor, actor_kind(actor), name, action, inc or "", run_id or "", step_id or "",
                          rb or "", rbv or "", ptxt, decision, approvers, outcome or "", dtxt, prev, h])  # fmt: skip
     return (f"{int(seq)},{time},{actor},{actor_kind(actor)},{name},{action},{inc or ''},{run_id or ''},"
@@ -186,7 +198,8 @@ def _csv_fast(r: tuple[Any, ...], votes: dict[str, list[dict[str, Any]]], versio
 
 
 def csv_line(row: Iterable[Any]) -> str:
-    """RFC 4180 with minimal quoting, as csv.writer writes it; inlined because it is the hot loop."""
+    """RFC 4180 with minimal quoting, as csv.writer writes it (inlined: the hot loop), cells that would start a
+    formula neutralised (`FORMULA_START`)."""
     return ",".join([_csv_field(v) for v in row]) + "\r\n"
 
 
@@ -202,10 +215,6 @@ def _csv(db: Database, flt: ExportFilter, head: tuple[int, str], tally: Tally) -
         yield "".join(out)
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ").replace("`", "'")
-
-
 def _target(v: dict[str, Any]) -> str:
     parts = []
     if v["runbook"]:
@@ -219,22 +228,25 @@ def _target(v: dict[str, Any]) -> str:
 
 def _md(db: Database, flt: ExportFilter, head: tuple[int, str], tally: Tally) -> Iterator[str]:
     given = {k: v for k, v in flt.as_dict().items() if v is not None}
+    shown = mdsafe.text(", ".join(f"{k}={v}" for k, v in given.items())) or "none (complete chain)"
     yield ("# runbot audit export\n\n"
-           f"Exported {iso(utcnow())}; filters: {', '.join(f'{k}={v}' for k, v in given.items()) or 'none (complete chain)'}.\n\n"
+           f"Exported {iso(utcnow())}; filters: {shown}.\n\n"
            "| Seq | Time (UTC) | Actor | Action | Incident | Target | Parameters | Decision | Approvers | Outcome | Details | Hash |\n"
            "|---:|---|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
     for views in _views(db, flt, head, tally):
         lines = []
         for v in views:
             actor = f"{v['actor_name']} ({v['actor']})" if v["actor_name"] else v["actor"]
-            outcome = f"**{v['outcome'] or v['action']}**" if v["failure"] else v["outcome"]
+            outcome = mdsafe.cell(v["outcome"] or v["action"] if v["failure"] else v["outcome"])
             cells = [str(v["seq"]), v["time"], actor, v["action"], v["incident_id"], _target(v), v["parameters"],
-                     v["decision"], "; ".join(v["approvers"]), outcome, v["details"], v["hash"][:16]]  # fmt: skip
-            lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+                     v["decision"], "; ".join(v["approvers"])]  # fmt: skip
+            lines.append("| " + " | ".join(mdsafe.cell(c) for c in cells)
+                         + f" | {f'**{outcome}**' if v['failure'] and outcome else outcome} | {mdsafe.cell(v['details'])}"
+                         f" | {mdsafe.code(v['hash'][:16], table=True)} |")  # fmt: skip
         yield "\n".join(lines) + "\n"
     h = head_record(flt, head, tally)
-    yield (f"\n{tally.count} event(s). Chain head at export: #{head[0]} `{head[1]}`; "
-           f"digest of exported hashes `{h['digest']}`. Only the JSONL export can be verified offline.\n")  # fmt: skip
+    yield (f"\n{tally.count} event(s). Chain head at export: #{head[0]} {mdsafe.code(head[1])}; "
+           f"digest of exported hashes {mdsafe.code(h['digest'])}. Only the JSONL export can be verified offline.\n")  # fmt: skip
 
 
 def _html(db: Database, flt: ExportFilter, head: tuple[int, str], tally: Tally) -> Iterator[str]:

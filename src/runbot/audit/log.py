@@ -15,15 +15,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
+from runbot.observability import log_events
 from runbot.store.raw import Raw
-from runbot.store.tables import AuditEvent, AuditHead
+from runbot.store.tables import Approval, AuditEvent, AuditHead, Run
 from runbot.store.types import utcnow
 
 GENESIS = "0" * 64
 EVENTS = AuditEvent.__table__  # type: ignore[attr-defined]
 HEAD = AuditHead.__table__  # type: ignore[attr-defined]
+_RUNS = Run.__table__  # type: ignore[attr-defined]
+_APPROVALS = Approval.__table__  # type: ignore[attr-defined]
 CONTENT_FIELDS = (
     "seq", "ts", "actor", "action", "run_id", "step_id", "incident_id",
     "runbook", "runbook_version", "outcome", "details", "prev_hash",
@@ -106,6 +109,7 @@ def append(conn: Connection | Raw, events: Iterable[Event]) -> list[dict[str, An
         seq, prev = int(head[0]), str(head[1])
     rows = chain_rows(events, seq, prev)
     seq, prev = rows[-1]["seq"], rows[-1]["hash"]
+    log_events(events)  # one INFO line each (runbot.observability)
     if raw.sqlite:
         raw.insert_many("audit_events", rows)
         raw.update("audit_head", {"seq": seq, "hash": prev}, "id = 1", {})
@@ -194,7 +198,50 @@ def iter_db_records(conn: Connection, batch: int = 5000) -> Iterator[dict[str, A
         last = rows[-1]["seq"]
 
 
+def missing_history(conn: Connection, result: VerifyResult) -> str | None:
+    """What the chain lacks that the other tables prove was recorded, or None.
+
+    A run and an approval request are audited in the transaction that creates them, so the newest run and the
+    newest approval must each have their event in the chain. An intact chain that is empty, or that ends before
+    them, was wiped or cut from the end together with its head: that verifies on its own (an unkeyed chain can
+    be rebuilt), so it is caught here. Retention may have deleted the events of rows older than the chain's
+    first remaining event; those are not asked for.
+    """
+    runs = conn.execute(select(func.count()).select_from(_RUNS)).scalar_one()
+    approvals = conn.execute(select(func.count()).select_from(_APPROVALS)).scalar_one()
+    if result.count == 0:
+        if runs or approvals:
+            return (f"the chain is empty but the database holds {runs} run(s) and {approvals} approval(s): "
+                    "the audit trail was wiped")  # fmt: skip
+        return None
+    since = None
+    if result.anchor_seq is not None:  # retention removed a prefix: rows older than what is left may lack events
+        since = conn.execute(select(EVENTS.c.ts).where(EVENTS.c.seq > result.anchor_seq).order_by(EVENTS.c.seq).limit(1)).scalar()
+    newest = conn.execute(select(_RUNS.c.id, _RUNS.c.created_at).order_by(_RUNS.c.created_at.desc()).limit(1)).first()
+    if newest is not None and (since is None or newest.created_at >= since):
+        q = select(EVENTS.c.seq).where(EVENTS.c.run_id == newest.id, EVENTS.c.action == "run.created").limit(1)
+        if conn.execute(q).first() is None:
+            return (f"run {newest.id} has no run.created event: the chain ends at event {result.head_seq}, "
+                    "before that run was created (cut from the end, head and all)")  # fmt: skip
+    appr = conn.execute(select(_APPROVALS.c.id, _APPROVALS.c.run_id, _APPROVALS.c.step_id, _APPROVALS.c.requested_at)
+                        .order_by(_APPROVALS.c.requested_at.desc()).limit(1)).first()  # fmt: skip
+    if appr is not None and (since is None or appr.requested_at >= since):
+        q = select(EVENTS.c.seq).where(EVENTS.c.run_id == appr.run_id, EVENTS.c.action == "approval.requested",
+                                       EVENTS.c.step_id == appr.step_id).limit(1)  # fmt: skip
+        if conn.execute(q).first() is None:
+            return (f"approval {appr.id} has no approval.requested event: the chain ends at event "
+                    f"{result.head_seq}, before it was requested (cut from the end, head and all)")  # fmt: skip
+    return None
+
+
 def verify_db(conn: Connection) -> VerifyResult:
+    """The chain as stored, and whether it still holds what the runs and approvals tables prove was audited."""
     head_row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
     head = (head_row.seq, head_row.hash) if head_row else (0, GENESIS)
-    return verify_records(iter_db_records(conn), head)
+    result = verify_records(iter_db_records(conn), head)
+    if result.ok:
+        problem = missing_history(conn, result)
+        if problem is not None:
+            return VerifyResult(False, result.count, result.head_seq, result.head_hash, problem, result.head_seq + 1,
+                                result.anchor_seq)  # fmt: skip
+    return result

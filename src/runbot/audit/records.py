@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from runbot.audit.log import GENESIS, HEAD
 from runbot.durations import parse_duration
+from runbot.engine.approvals import who_voted
 from runbot.engine.state import RUNS, VERSIONS, VOTES
 from runbot.redaction import MASK
 from runbot.store.db import Database
@@ -215,12 +216,6 @@ def run_versions(db: Database, run_ids: set[str]) -> dict[str, str]:
         return {r.id: r.version_hash[:12] for r in conn.execute(q.where(RUNS.c.id.in_(run_ids)))}
 
 
-def _who(user_id: str | None, user_name: str | None) -> str:
-    if user_name and user_id and user_name != user_id:
-        return f"{user_name} ({user_id})"
-    return user_name or user_id or ""
-
-
 def decision_of(action: str, actor: str, outcome: str | None, details: dict[str, Any], ts: str,
                 votes: dict[str, list[dict[str, Any]]] | None) -> tuple[str, str, list[str]]:  # fmt: skip
     """(actor's display name, decision, approvers) of an approval or in-doubt decision event; blanks otherwise."""
@@ -235,9 +230,9 @@ def decision_of(action: str, actor: str, outcome: str | None, details: dict[str,
     if action == "approval.requested":
         return name, decision, [str(a) for a in details.get("approvers") or []]
     seen = [v for v in (votes or {}).get(str(details.get("approval_id")), []) if iso(v["at"]) <= ts]
-    approvers = [f"{_who(v['user_id'], v['user_name'])}: {v['decision']}" for v in seen]
+    approvers = [f"{who_voted(v['user_id'], v['user_name'], v.get('on_behalf_of'))}: {v['decision']}" for v in seen]
     if not approvers and details.get("user_id"):
-        approvers = [f"{_who(details.get('user_id'), details.get('user_name'))}: {decision}"]
+        approvers = [f"{who_voted(details.get('user_id'), details.get('user_name'), details.get('on_behalf_of'))}: {decision}"]
     return name, decision, approvers
 
 

@@ -73,25 +73,37 @@ def audit_export(
         rt.close()
 
 
-def _anchor(check: str) -> tuple[int, str]:
-    seq_text, _, want = check.partition(":")
-    if not seq_text.isdigit() or len(want) != 64:
-        fail(f"--check {check!r} is not SEQ:HASH", "use the output of `runbot audit head`, e.g. 1234:9f86d0...", code=2)
-    return int(seq_text), want
+def _anchor(check: str) -> Any:
+    from runbot.audit.anchor import AnchorError, parse_anchor
+
+    try:
+        return parse_anchor(check)
+    except AnchorError as exc:
+        fail(str(exc), "use the output of `runbot audit head`, e.g. 1234:9f86d0...", code=2)
 
 
-def _hash_in_export(path: Path, seq: int) -> str | None:
-    """The hash of event `seq` in a JSONL export that verified (or the recorded chain head's)."""
-    import json
+def anchors_of(head: str | None, head_file: Path | None) -> list[Any]:
+    """The anchors given to `audit verify` (--head and/or --head-file), read before any database work."""
+    from runbot.audit.anchor import AnchorError, read_anchor_file
 
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "head":
-                return str(rec["chain_head"]["hash"]) if rec["chain_head"]["seq"] == seq else None
-            if rec["seq"] == seq:
-                return str(rec["hash"])
-    return None
+    out = [_anchor(head)] if head is not None else []
+    if head_file is not None:
+        try:
+            out.append(read_anchor_file(head_file))
+        except AnchorError as exc:
+            fail(str(exc), "write it with `runbot audit head > FILE`, or pass --head SEQ:HASH", code=2)
+    return out
+
+
+def check_anchors(anchors: list[Any], result: Any, *, conn: Any = None, export: Path | None = None) -> None:
+    """Fail (exit 1, one line and a hint) unless the verified chain or export holds every anchor."""
+    from runbot.audit import anchor as A
+
+    for a in anchors:
+        problem = A.check_export(export, a, result) if export is not None else A.check_db(conn, a, result)
+        if problem is not None:
+            fail(f"audit chain does not hold the anchored head {a.seq}: {problem}",
+                 "the anchor came from outside the database: investigate before trusting this chain")  # fmt: skip
 
 
 def audit_head(
@@ -99,26 +111,23 @@ def audit_head(
     file: Path | None = typer.Option(None, "--file", help="With --check: check a JSONL export instead of the database."),
 ) -> None:
     """Print the chain head (seq and hash) to anchor elsewhere, or check an anchored one."""
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
+    from runbot.audit import anchor as A
     from runbot.audit import log as audit
     from runbot.audit.records import chain_head
 
     if check is not None and file is not None:
         from runbot.audit.export import verify_export_file
 
-        seq, want = _anchor(check)
+        anchor = _anchor(check)
         result = verify_export_file(file)
         if not result.ok:
             fail(f"{file} does not verify: {result.problem}")
-        if seq > result.head_seq:
-            fail(f"the anchor (event {seq}) is newer than the export (head {result.head_seq})")
-        got = _hash_in_export(file, seq)
-        if got is None:
-            fail(f"event {seq} is not in {file} (a filtered export, or removed by retention)")
-        if got != want:
-            fail(f"event {seq} has hash {got}, not the anchored {want}: history was rewritten")
-        typer.echo(f"anchor {seq} matches {file}")
+        problem = A.check_export(file, anchor, result)
+        if problem is not None:
+            fail(problem)
+        typer.echo(f"anchor {anchor.seq} matches {file}")
         return
     rt = runtime()
     try:
@@ -126,14 +135,15 @@ def audit_head(
             seq, digest = chain_head(rt.db)
             typer.echo(f"{seq} {digest}")
             return
-        seq, want = _anchor(check)
-        with rt.db.read() as conn:
-            got = conn.execute(select(audit.EVENTS.c.hash).where(audit.EVENTS.c.seq == seq)).scalar()
-        if got is None:
-            fail(f"event {seq} is not in the chain (removed by retention, or the chain was cut)")
-        if got != want:
-            fail(f"event {seq} has hash {got}, not the anchored {want}: history was rewritten")
-        typer.echo(f"anchor {seq} matches")
+        anchor = _anchor(check)
+        seq, digest = chain_head(rt.db)
+        with rt.db.read() as conn:  # a look-up, not a walk: `runbot audit verify --head` also verifies the chain
+            first = conn.execute(select(func.min(audit.EVENTS.c.seq))).scalar()
+            kept_from = first - 1 if first is not None and first > 1 else None
+            problem = A.check_db(conn, anchor, audit.VerifyResult(True, 0, seq, digest, anchor_seq=kept_from))
+        if problem is not None:
+            fail(problem)
+        typer.echo(f"anchor {anchor.seq} matches")
     finally:
         rt.close()
 

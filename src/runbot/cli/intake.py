@@ -7,10 +7,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from sqlalchemy import Connection
+
+from runbot.cli.output import OUTPUT
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 alerts_app = typer.Typer(no_args_is_help=True, help="Alerts received from Alertmanager.")
 incidents_app = typer.Typer(no_args_is_help=True, help="Incidents: one per firing Alertmanager group.")
@@ -24,12 +28,11 @@ def register(app: typer.Typer) -> None:
 
 @contextmanager
 def _conn() -> Iterator[Connection]:
-    from runbot.cli.main import settings
-    from runbot.store.db import Database
+    """Read the bot's database; never creates or migrates it (that is `serve` / `db upgrade`)."""
+    from runbot.cli.main import database
 
-    db = Database(settings().effective_database_url)
+    db = database()
     try:
-        db.upgrade()
         with db.read() as conn:
             yield conn
     finally:
@@ -46,8 +49,8 @@ def _labels(d: dict[str, Any] | None, skip: tuple[str, ...] = ("alertname",)) ->
     return ",".join(f"{k}={v}" for k, v in sorted((d or {}).items()) if k not in skip)
 
 
-def _emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
-    if as_json:
+def _emit(data: Any, as_json: bool | str, render: Callable[[], None]) -> None:
+    if as_json is True or as_json == "json":
         typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         render()
@@ -60,7 +63,7 @@ def alerts_list(
     unhandled: bool = typer.Option(False, "--unhandled", help="Only alerts no runbook matched."),
     pending: bool = typer.Option(False, "--pending", help="Only alerts still waiting to be matched."),
     limit: int = typer.Option(30, help="How many (newest first)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: str = OUTPUT,
 ) -> None:
     """Recent alerts: status, incident, and what intake did with each."""
     from runbot.adapters.alertmanager import queries
@@ -70,13 +73,13 @@ def alerts_list(
         rows = queries.list_alerts(conn, status=status, incident=incident, unhandled=unhandled, pending=pending,
                                    limit=limit)  # fmt: skip
     _emit(rows, as_json, lambda: typer.echo(_table(
-        ["ALERT", "NAME", "STATUS", "STARTS (UTC)", "INCIDENT", "LABELS", "INTAKE"],
-        [[r["id"], r["alertname"], r["status"], _ts(r["starts_at"]), r["incident_id"], _labels(r["labels"])[:50],
-          "pending" if r["pending_since"] else (r["note"] or "")[:70]] for r in rows])))  # fmt: skip
+        ["ALERT", "NAME", "STATUS", "STARTS (UTC)", "RECEIVER", "INCIDENT", "LABELS", "INTAKE"],
+        [[r["id"], r["alertname"], r["status"], _ts(r["starts_at"]), r["receiver"] or "-", r["incident_id"],
+          _labels(r["labels"])[:50], "pending" if r["pending_since"] else (r["note"] or "")[:70]] for r in rows])))  # fmt: skip
 
 
 @alerts_app.command("throttled")
-def alerts_throttled(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def alerts_throttled(as_json: str = OUTPUT) -> None:
     """Alert storms: per runbook, how many alerts a rate limit kept from starting a run."""
     from runbot.adapters.alertmanager import queries
     from runbot.cli.main import _table
@@ -90,7 +93,7 @@ def alerts_throttled(as_json: bool = typer.Option(False, "--json", help="Print J
 
 
 @alerts_app.command("rejects")
-def alerts_rejects(limit: int = typer.Option(10), as_json: bool = typer.Option(False, "--json")) -> None:
+def alerts_rejects(limit: int = typer.Option(10), as_json: str = OUTPUT) -> None:
     """Webhook bodies refused after authentication (malformed, wrong version, too large), newest first."""
     from runbot.adapters.alertmanager import queries
 
@@ -111,7 +114,7 @@ def alerts_rejects(limit: int = typer.Option(10), as_json: bool = typer.Option(F
 def incidents_list(
     status: str | None = typer.Option(None, help="open | resolved"),
     limit: int = typer.Option(30, help="How many (newest first)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: str = OUTPUT,
 ) -> None:
     """Incidents with their alert and run counts."""
     from runbot.adapters.alertmanager import queries
@@ -128,7 +131,7 @@ def incidents_list(
 @incidents_app.command("show")
 def incidents_show(
     incident_ref: str = typer.Argument(..., help="Incident id (a unique prefix is enough)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: str = OUTPUT,
 ) -> None:
     """One incident: its alerts, its runs and their state."""
     from runbot.adapters.alertmanager import queries
@@ -148,7 +151,11 @@ def incidents_show(
         typer.echo(f"incident {d['id']}  {d['status']}  {d['title']}")
         typer.echo(f"opened {_ts(d['opened_at'])}  resolved {_ts(d['resolved_at'])}  severity "
                    f"{d['severity'] or '-'}{reopened}")  # fmt: skip
-        typer.echo(f"group {d['group_key']}")
+        typer.echo(f"group {d['group_key']}  receiver {d.get('receiver') or '-'}")
+        for a in d["alerts"]:
+            links = {k: v for k, v in (a.get("links") or {}).items() if k != "source"}
+            if links:
+                typer.echo(f"links of {a['id']}: " + "  ".join(f"{k} {v}" for k, v in links.items()))
         typer.echo("")
         typer.echo(_table(["ALERT", "NAME", "STATUS", "STARTS (UTC)", "ENDS (UTC)", "LABELS", "INTAKE"],
                           [[a["id"], a["alertname"], a["status"], _ts(a["starts_at"]), _ts(a["ends_at"]),

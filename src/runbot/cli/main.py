@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
-import getpass
 import json
+import os
 import sys
 import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+# Plain (click) help: the same text, at a third of the start-up time of rich's; TYPER_USE_RICH=1 brings it back.
+os.environ.setdefault("TYPER_USE_RICH", "0")
 
 import typer
 
-from runbot.settings import Settings, load_settings
+from runbot.cli.output import OUTPUT, emit_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="runbot: incident runbook automation.")
+if TYPE_CHECKING:
+    from runbot.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, help="runbot: incident runbook automation.")
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect and steer runs.")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -35,6 +40,7 @@ CLI_MODULES: list[str] = [
     "runbot.cli.vault",
     "runbot.cli.slack",
     "runbot.cli.audit_export",
+    "runbot.cli.prometheus",
 ]
 
 
@@ -50,34 +56,92 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
     raise CliError(message, hint, code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from runbot import __version__
+
+        typer.echo(f"runbot {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="Config file (YAML or TOML).", envvar="RUNBOT_CONFIG_FILE"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (accepted anywhere on the line)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c",
+        help="Config file (YAML or TOML). Default: RUNBOT_CONFIG, else runbot.yaml here or in a parent directory."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    STATE["debug"] = debug
+    STATE["debug"] = STATE["debug"] or debug
     STATE["config"] = config
 
 
 def settings() -> Settings:
+    from runbot.config_file import ConfigError
     from runbot.observability import configure_logging
+    from runbot.settings import load_settings
+    from runbot.settings_files import SettingsFileError
 
-    s = load_settings(config_file=STATE["config"])
+    try:
+        s = load_settings(config_file=STATE["config"])
+    except (ConfigError, SettingsFileError) as exc:  # one line and a hint, like every CLI error
+        fail(exc.message, exc.hint)
     configure_logging("WARNING" if not STATE["debug"] else "DEBUG", s.log_format)
     return s
 
 
-def runtime(upgrade: bool = True) -> Any:
+def require_schema(s: Settings) -> None:
+    """Commands other than `serve` and `db upgrade` never create or migrate a database: they say so instead."""
+    from runbot.store.db import sqlite_file
+
+    path = sqlite_file(s.effective_database_url)
+    if path is not None and not path.exists():
+        fail(f"no database at {path}", "start `runbot serve` (or run `runbot db upgrade`) first, or point "
+             "RUNBOT_DATA_DIR / RUNBOT_DATABASE_URL (or runbot.yaml) at the bot's database")  # fmt: skip
+
+
+def check_schema(db: Any) -> None:
+    current, head = db.current_revision(), db.head_revision()
+    if current is None:
+        fail("the database has no runbot schema", "run `runbot db upgrade` (serve does it on start)")
+    if current != head:
+        fail(f"the database schema is at revision {current}, this runbot needs {head}", "run `runbot db upgrade`")
+
+
+def runtime(upgrade: bool = False) -> Any:
     from runbot.app import build_runtime
 
-    return build_runtime(settings(), upgrade=upgrade)
+    s = settings()
+    if not upgrade:
+        require_schema(s)
+    rt = build_runtime(s, upgrade=upgrade)
+    if not upgrade:
+        try:
+            check_schema(rt.db)
+        except CliError:
+            rt.close()
+            raise
+    return rt
+
+
+def database() -> Any:
+    """The bot's database alone, for commands that only read it (no web stack, no runbooks loaded)."""
+    from runbot.store.db import Database
+
+    s = settings()
+    require_schema(s)
+    db = Database(s.effective_database_url)
+    try:
+        check_schema(db)
+    except CliError:
+        db.dispose()
+        raise
+    return db
 
 
 def user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:
-        return "cli:unknown"
+    """The host user as runbot names them in runs and the audit trail (real uid, see host_user)."""
+    return f"cli:{host_user()}"
 
 
 def _fmt_ts(ts: datetime | None) -> str:
@@ -106,6 +170,8 @@ def lint(path: Path | None = typer.Argument(None, help="Runbook file or director
     books, problems = load_dir(target, StepRegistry(s))
     for p in problems:
         typer.echo(str(p))
+    for w in (w for b in books for w in b.warnings):
+        typer.echo(f"warning: {w}")
     if problems:
         fail(f"{len(problems)} problem(s) in {target}", "fix them and run `runbot lint` again")
     if not books:
@@ -187,7 +253,7 @@ def run_cmd(
     detach: bool = typer.Option(False, "--detach", help="Only create the run; a running `runbot serve` executes it."),
 ) -> None:
     """Start a manual run and follow it (or --dry-run to see what it would do)."""
-    from runbot.engine.dryrun import plan
+    from runbot.engine.dryrun import errors, plan
 
     params = _parse_params(param)
     alert_obj = read_alerts(alert)[0] if alert else None
@@ -205,10 +271,16 @@ def run_cmd(
         except ValueError as exc:
             fail(str(exc))
         typer.echo(f"dry run of {book.name} (version {book.short_version}); nothing is executed")
-        for entry in plan(book, alert_obj, resolved, reg):
+        from runbot.engine.approvals import PolicyConfig
+
+        entries = plan(book, alert_obj, resolved, reg, PolicyConfig.from_settings(s))
+        for entry in entries:
             typer.echo(entry)
+        if errors(entries):
+            fail(f"{errors(entries)} template(s) fail with this alert and these parameters",
+                 "fix the template, or pass the alert it expects with --alert")  # fmt: skip
         return
-    rt = runtime()
+    rt = runtime(upgrade=True)  # a manual run executes here, so it may create the database like `serve`
     try:
         book = _find_runbook(rt, runbook)
         run_id = rt.engine.create_run(book, alert=alert_obj, params=params, requester=user(), manual=True)
@@ -226,8 +298,10 @@ def _follow(rt: Any, run_id: str, max_sleep: float = 120.0) -> None:
 
     seen: set[tuple[str, int, str]] = set()
     while True:
+        import asyncio
+
         status = asyncio.run(rt.engine.drive(run_id))
-        detail = run_detail(rt, run_id)
+        detail = run_detail(rt.db, run_id)
         for st in detail["steps"]:
             k = (st["step_id"], st["attempt"], st["status"])
             if k not in seen:
@@ -246,7 +320,7 @@ def _follow(rt: Any, run_id: str, max_sleep: float = 120.0) -> None:
         if wake is None or pending:
             typer.echo(f"run {run_id} is waiting: {run['reason']}")
             for a in pending:
-                typer.echo(f"  approve with: runbot runs approve {run_id} --step {a['step_id']} --as YOUR_NAME "
+                typer.echo(f"  approve with: runbot runs approve {run_id} --step {a['step_id']} [--as ON_BEHALF_OF] "
                            f"(expires {_fmt_ts(a['expires_at'])}Z)")  # fmt: skip
             return
         delay = (wake - utcnow()).total_seconds()
@@ -259,12 +333,26 @@ def _follow(rt: Any, run_id: str, max_sleep: float = 120.0) -> None:
 # ---- runs --------------------------------------------------------------------------------------------------------
 
 
-def run_detail(rt: Any, run_id: str) -> dict[str, Any]:
+def resolve_run_id(db: Any, ref: str) -> str:
+    from sqlalchemy import select
+
+    from runbot.engine.state import RUNS
+
+    with db.read() as conn:
+        ids = [r.id for r in conn.execute(select(RUNS.c.id).where(RUNS.c.id.like(f"{ref}%")).limit(3))]
+    if not ids:
+        fail(f"no run {ref!r}", "list runs with: runbot runs list")
+    if len(ids) > 1:
+        fail(f"run id prefix {ref!r} is ambiguous ({', '.join(ids[:2])}, ...)", "give more of the id")
+    return str(ids[0])
+
+
+def run_detail(db: Any, run_id: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from runbot.engine.state import APPROVALS, ARTIFACTS, RUNS, STEPS, VOTES
 
-    with rt.db.read() as conn:
+    with db.read() as conn:
         run = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
         if run is None:
             fail(f"no run {run_id!r}", "list runs with: runbot runs list")
@@ -277,67 +365,93 @@ def run_detail(rt: Any, run_id: str) -> dict[str, Any]:
     return {"run": dict(run), "steps": steps, "approvals": approvals, "artifacts": arts}
 
 
+RUN_FIELDS = ("id", "runbook_name", "status", "incident_id", "alert_id", "requester", "manual", "params",
+              "created_at", "started_at", "finished_at", "reason")  # the stable JSON fields of a run
+
+
 @runs_app.command("list")
 def runs_list(
     status: str | None = typer.Option(None, help="Only runs with this status."),
     limit: int = typer.Option(30, help="How many (newest first)."),
+    output: str = OUTPUT,
 ) -> None:
     """Recent runs."""
     from sqlalchemy import select
 
     from runbot.engine.state import RUNS
 
-    rt = runtime()
+    db = database()
     try:
         q = select(RUNS).order_by(RUNS.c.created_at.desc()).limit(limit)
         if status:
             q = q.where(RUNS.c.status == status)
-        with rt.db.read() as conn:
+        with db.read() as conn:
             rows = conn.execute(q).mappings().all()
-        typer.echo(_table(["RUN", "RUNBOOK", "STATUS", "CREATED (UTC)", "REQUESTER", "REASON"],
-                          [[r["id"], r["runbook_name"], r["status"], _fmt_ts(r["created_at"]), r["requester"],
-                            (r["reason"] or "")[:60]] for r in rows]))  # fmt: skip
     finally:
-        rt.close()
+        db.dispose()
+    if output == "json":
+        emit_json([{k: r[k] for k in RUN_FIELDS} for r in rows])
+        return
+    typer.echo(_table(["RUN", "RUNBOOK", "STATUS", "CREATED (UTC)", "REQUESTER", "REASON"],
+                      [[r["id"], r["runbook_name"], r["status"], _fmt_ts(r["created_at"]), r["requester"],
+                        (r["reason"] or "")[:60]] for r in rows]))  # fmt: skip
 
 
 @runs_app.command("show")
-def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix is enough).")) -> None:
+def runs_show(run_ref: str = typer.Argument(..., help="Run id (a unique prefix is enough)."),
+              output: str = OUTPUT) -> None:  # fmt: skip
     """One run: its steps with timings and errors, approvals, artifacts."""
-    rt = runtime()
-    try:
-        run_id = rt.engine.resolve_run_id(run_ref)
-        d = run_detail(rt, run_id)
-        r = d["run"]
-        typer.echo(f"run {r['id']}  runbook {r['runbook_name']}  status {r['status']}")
-        typer.echo(f"requester {r['requester']}  created {_fmt_ts(r['created_at'])}  started {_fmt_ts(r['started_at'])}"
-                   f"  finished {_fmt_ts(r['finished_at'])}")  # fmt: skip
-        if r["incident_id"]:
-            typer.echo(f"incident {r['incident_id']}  alert {r['alert_id']}")
-        if r["reason"]:
-            typer.echo(f"reason: {r['reason']}")
-        if r["params"]:
-            typer.echo(f"params: {json.dumps(r['params'], sort_keys=True)}")
-        rows = []
-        for st in d["steps"]:
-            dur = ""
-            if st["finished_at"] and st["started_at"]:
-                dur = f"{(st['finished_at'] - st['started_at']).total_seconds() * 1000:.0f}ms"
-            rows.append([st["step_id"], st["step_type"], st["attempt"], st["status"], _fmt_ts(st["started_at"]), dur,
-                         (st["error"] or st["summary"] or "")[:100]])  # fmt: skip
-        typer.echo("")
-        typer.echo(_table(["STEP", "TYPE", "#", "STATUS", "STARTED", "TOOK", "RESULT / ERROR"], rows))
-        for a in d["approvals"]:
-            votes = ", ".join(f"{v['user_name'] or v['user_id']}:{v['decision']}" for v in a["votes"]) or "none"
-            typer.echo(f"\napproval {a['id']} for {a['step_id']}: {a['status']} (needs {a['min_approvals']}; votes {votes})")
-        for art in d["artifacts"]:
-            typer.echo(f"artifact {art['id']}: {art['step_id']}/{art['name']} ({art['content_type']})")
-        from runbot.secrets.leases import lease_lines
+    from runbot.adapters.slack.refusals import refusal_lines
+    from runbot.engine.approvals import who_voted
+    from runbot.secrets.leases import lease_lines, lease_rows
 
-        for line in lease_lines(rt.db, run_id):  # Vault leases: id, step, TTL, state; never a value
-            typer.echo(line)
+    db = database()
+    try:
+        run_id = resolve_run_id(db, run_ref)
+        d = run_detail(db, run_id)
+        leases = lease_lines(db, run_id)  # Vault leases: id, step, TTL, state; never a value
+        refusals = refusal_lines(db, run_id)  # messages Slack refused (an approval request included)
+        lease_data = [{k: r[k] for k in ("lease_id", "step_id", "ttl_seconds", "expires_at", "renewals")}
+                      for r in lease_rows(db, run_id)] if output == "json" else []  # fmt: skip
     finally:
-        rt.close()
+        db.dispose()
+    if output == "json":
+        emit_json({"run": {k: d["run"][k] for k in RUN_FIELDS},
+                   "steps": [{k: st[k] for k in ("step_id", "step_type", "attempt", "status", "started_at",
+                                                 "finished_at", "summary", "error")} for st in d["steps"]],
+                   "approvals": [{"id": a["id"], "step_id": a["step_id"], "status": a["status"],
+                                  "min_approvals": a["min_approvals"], "expires_at": a["expires_at"],
+                                  "votes": [{"user_id": v["user_id"], "user_name": v["user_name"],
+                                             "decision": v["decision"]} for v in a["votes"]]} for a in d["approvals"]],
+                   "artifacts": d["artifacts"], "leases": lease_data})  # fmt: skip
+        return
+    r = d["run"]
+    typer.echo(f"run {r['id']}  runbook {r['runbook_name']}  status {r['status']}")
+    typer.echo(f"requester {r['requester']}  created {_fmt_ts(r['created_at'])}  started {_fmt_ts(r['started_at'])}"
+               f"  finished {_fmt_ts(r['finished_at'])}")  # fmt: skip
+    if r["incident_id"]:
+        typer.echo(f"incident {r['incident_id']}  alert {r['alert_id']}")
+    if r["reason"]:
+        typer.echo(f"reason: {r['reason']}")
+    if r["params"]:
+        typer.echo(f"params: {json.dumps(r['params'], sort_keys=True)}")
+    rows = []
+    for st in d["steps"]:
+        dur = ""
+        if st["finished_at"] and st["started_at"]:
+            dur = f"{(st['finished_at'] - st['started_at']).total_seconds() * 1000:.0f}ms"
+        rows.append([st["step_id"], st["step_type"], st["attempt"], st["status"], _fmt_ts(st["started_at"]), dur,
+                     (st["error"] or st["summary"] or "")[:100]])  # fmt: skip
+    typer.echo("")
+    typer.echo(_table(["STEP", "TYPE", "#", "STATUS", "STARTED", "TOOK", "RESULT / ERROR"], rows))
+    for a in d["approvals"]:
+        votes = ", ".join(f"{who_voted(v['user_id'], v['user_name'], v.get('on_behalf_of'))}:{v['decision']}"
+                          for v in a["votes"]) or "none"  # fmt: skip
+        typer.echo(f"\napproval {a['id']} for {a['step_id']}: {a['status']} (needs {a['min_approvals']}; votes {votes})")
+    for art in d["artifacts"]:
+        typer.echo(f"artifact {art['id']}: {art['step_id']}/{art['name']} ({art['content_type']})")
+    for line in leases + refusals:
+        typer.echo(line)
 
 
 @runs_app.command("decide")
@@ -362,7 +476,21 @@ def runs_decide(
         rt.close()
 
 
-def _vote(run_ref: str, step: str | None, as_user: str, approve: bool, reason: str | None) -> None:
+def host_user() -> str:
+    """The OS user running this command, by the real uid (not $USER or $LOGNAME, which anyone can set)."""
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
+
+
+def _vote(run_ref: str, step: str | None, as_user: str | None, approve: bool, reason: str | None) -> None:
+    from runbot.engine.approvals import Identity
+    from runbot.engine.control import CommandError
+
     rt = runtime()
     try:
         run_id = rt.engine.resolve_run_id(run_ref)
@@ -371,27 +499,55 @@ def _vote(run_ref: str, step: str | None, as_user: str, approve: bool, reason: s
             fail(f"run {run_id} has no pending approval" + (f" for step {step}" if step else ""))
         if len(pending) > 1:
             fail("several approvals are pending", "name one with --step " + " | ".join(a["step_id"] for a in pending))
-        res = rt.engine.vote(pending[0]["id"], f"cli:{as_user}", approve, user_name=as_user, reason=reason,
-                             actor=f"{user()} as {as_user} (break-glass)", break_glass=True)  # fmt: skip
-        typer.echo(res.message)
+        me = host_user()
+        on_behalf = as_user if as_user and as_user != me else None
+        try:  # the engine's approval policy decides: cli_users, self-approval, distinct people
+            res = rt.engine.vote(pending[0]["id"], Identity.host(me), approve, user_name=me, reason=reason,
+                                 actor=f"cli:{me}" + (f" for {on_behalf}" if on_behalf else "") + " (break-glass)",
+                                 break_glass=True, on_behalf_of=on_behalf)  # fmt: skip
+        except CommandError as exc:
+            fail(f"refused: {exc}", "approvals are checked against the host user running runbot "
+                 f"({me}); --as only records on whose behalf you act")  # fmt: skip
+        message = res.message
+        if message.endswith("; the step runs now") and not server_answers(rt.settings):
+            message = message.removesuffix("; the step runs now") + (
+                f"; no runbot server answers at {server_url(rt.settings)}, so the step runs when a server picks the "
+                f"run up (or run it here: runbot runs resume {run_id})")  # fmt: skip
+        typer.echo(message)
     finally:
         rt.close()
+
+
+def server_url(s: Settings) -> str:
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host  # noqa: S104 - reading, not binding
+    return f"http://{host}:{s.port}"
+
+
+def server_answers(s: Settings) -> bool:
+    """Is a `runbot serve` listening where this configuration says (so an approved step runs now)?"""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{server_url(s)}/healthz", timeout=0.5) as resp:  # noqa: S310 - http(s) only
+            return bool(resp.status)
+    except OSError as exc:
+        return getattr(exc, "code", None) is not None  # an HTTP error status still means a server answered
 
 
 @runs_app.command("approve")
 def runs_approve(
     run_ref: str = typer.Argument(...),
-    as_user: str = typer.Option(..., "--as", help="Who approves (audited as break-glass)."),
+    as_user: str | None = typer.Option(None, "--as", help="On whose behalf you approve (recorded; you are the host user)."),
     step: str | None = typer.Option(None, help="Step id, when several approvals are pending."),
 ) -> None:
-    """Approve a pending remediation from the host (break-glass when Slack is unavailable)."""
+    """Approve a pending remediation from the host (break-glass): allowed for the step's `cli_users`."""
     _vote(run_ref, step, as_user, True, None)
 
 
 @runs_app.command("deny")
 def runs_deny(
     run_ref: str = typer.Argument(...),
-    as_user: str = typer.Option(..., "--as", help="Who denies (audited)."),
+    as_user: str | None = typer.Option(None, "--as", help="On whose behalf you deny (recorded)."),
     step: str | None = typer.Option(None),
     reason: str | None = typer.Option(None),
 ) -> None:
@@ -423,25 +579,37 @@ def runs_resume(run_ref: str = typer.Argument(...)) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(file: Path | None = typer.Option(None, "--file", help="Verify a JSONL export offline instead.")) -> None:
-    """Check the hash chain; names the first edited, inserted or deleted event."""
+def audit_verify(
+    file: Path | None = typer.Option(None, "--file", help="Verify a JSONL export offline instead."),
+    head: str | None = typer.Option(None, "--head", help="SEQ:HASH anchored earlier: the chain must still hold it."),
+    head_file: Path | None = typer.Option(None, "--head-file", help="A saved head (`runbot audit head` output, a "
+                                          "published head line, a head record or export): the chain must hold it."),
+) -> None:
+    """Check the hash chain; names the first edited, inserted or deleted event (and checks a saved head)."""
     from runbot.audit import log as audit
+    from runbot.cli.audit_export import anchors_of, check_anchors
 
+    anchors = anchors_of(head, head_file)
     if file is not None:
         from runbot.audit.export import verify_export_file  # type: ignore[import-not-found,unused-ignore]
 
         result = verify_export_file(file)
+        if result.ok:
+            check_anchors(anchors, result, export=file)
     else:
         rt = runtime()
         try:
             with rt.db.read() as conn:
                 result = audit.verify_db(conn)
+                if result.ok:
+                    check_anchors(anchors, result, conn=conn)
         finally:
             rt.close()
     if not result.ok:
         fail(f"audit chain BROKEN at event {result.broken_seq}: {result.problem}",
              f"{result.count} event(s) verified before it")  # fmt: skip
-    typer.echo(f"audit chain OK: {result.count} event(s), head {result.head_seq} {result.head_hash}")
+    typer.echo(f"audit chain OK: {result.count} event(s), head {result.head_seq} {result.head_hash}"
+               + "".join(f"; anchor {a.seq} matches" for a in anchors))  # fmt: skip
 
 
 @db_app.command("upgrade")
@@ -470,18 +638,41 @@ def serve(
     port: int | None = typer.Option(None, help="Listen port (default from config)."),
 ) -> None:
     """Run the bot: HTTP endpoints and the engine."""
+    import structlog
     import uvicorn
 
-    from runbot.app import create_app
+    from runbot.app import build_runtime, create_app
+    from runbot.logging_setup import configure_process_logging, uvicorn_log_level
     from runbot.observability import configure_logging
 
     s = settings()
-    configure_logging(s.log_level, s.log_format)
-    rt = runtime()
+    configure_process_logging(s.log_level, s.log_format)  # uvicorn, libraries, warnings, tracebacks: one stream
+    configure_logging(s.log_level, s.log_format)  # before the runtime, so its start (migrations) is logged
+    check_port_free(host or s.host, port or s.port)
+    rt = build_runtime(s)
+    say = structlog.get_logger("runbot.serve")
     for p in rt.catalog.problems:
-        typer.echo(f"warning: runbook skipped: {p}", err=True)
-    typer.echo(f"runbot serving on http://{host or s.host}:{port or s.port} with {len(rt.catalog.all())} runbook(s)", err=True)
-    uvicorn.run(create_app(rt), host=host or s.host, port=port or s.port, log_level="warning", access_log=False)
+        say.warning("runbook skipped", problem=str(p))
+    say.info("runbot serving", url=f"http://{host or s.host}:{port or s.port}", runbooks=len(rt.catalog.all()))
+    uvicorn.run(create_app(rt), host=host or s.host, port=port or s.port, log_level=uvicorn_log_level(s.log_level),
+                log_config=None, access_log=True)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Say that the port is taken before anything says "serving" (uvicorn would only log it later)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                fail(f"{host}:{port} is already in use (another runbot serve?)",
+                     "stop the other process, or choose another port with --port or RUNBOT_PORT")  # fmt: skip
+            fail(f"cannot listen on {host}:{port}: {exc.strerror}", "check --host / RUNBOT_HOST")
 
 
 def _register_modules() -> None:
@@ -491,10 +682,20 @@ def _register_modules() -> None:
         importlib.import_module(name).register(app)
 
 
+def _usage_error(exc: BaseException) -> bool:
+    """Click's UsageError, whether from click itself or the copy newer typer versions carry."""
+    return any(cls.__name__ == "UsageError" for cls in type(exc).__mro__)
+
+
 def main() -> None:
     _register_modules()
+    argv = sys.argv[1:]
+    if "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+        STATE["debug"] = True  # --debug anywhere: before or after the sub-command
+        argv.remove("--debug")
+    argv = [a for x in argv for a in (("--output", "json") if x == "--json" else (x,))]  # --json: short form
     try:
-        rc = app(standalone_mode=False)  # click returns (not raises) a typer.Exit's code in this mode
+        rc = app(args=argv, prog_name="runbot", standalone_mode=False)  # returns (not raises) typer.Exit's code
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except CliError as exc:
@@ -507,16 +708,18 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            typer.echo(f"error: {exc.format_message()}", err=True)
-            if exc.ctx is not None:
-                typer.echo(f"hint: see `{exc.ctx.command_path} --help`", err=True)
+        if _usage_error(exc):
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `runbot runs`: the group's help, as a usage error
+                if ctx is not None:
+                    typer.echo(ctx.get_help(), err=True)
+                sys.exit(2)
+            typer.echo(f"error: {exc.format_message()}", err=True)  # type: ignore[attr-defined]
+            typer.echo(f"hint: see `{ctx.command_path if ctx is not None else 'runbot'} --help`", err=True)
             sys.exit(2)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if hasattr(exc, "exit_code") and hasattr(exc, "format_message"):  # other click exceptions
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(int(exc.exit_code))
         if STATE["debug"]:
             traceback.print_exc()
         typer.echo(f"error: {_describe(exc)}", err=True)

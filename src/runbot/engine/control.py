@@ -5,19 +5,24 @@ Each is one transaction with its audit events; the worker picks the change up th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select, update
+import structlog
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from runbot.audit import log as audit
 from runbot.domain import Decision, RunStatus, StepStatus
+from runbot.engine.approvals import ApprovalRequest, Identity, PolicyConfig, PriorVote, count_people, decide
 from runbot.engine.state import APPROVALS, CONTROLS, OUTBOX, RUNS, STEPS, TIMERS, VERSIONS, VOTES, new_id
 from runbot.runbooks.loader import LoadedRunbook, RunbookError, parse_source
-from runbot.runbooks.templating import TemplateFailure, render
+from runbot.runbooks.templating import KEY_LIMITS, TemplateFailure, render
 from runbot.store.types import utcnow
+
+log = structlog.get_logger("runbot.engine.control")
 
 if TYPE_CHECKING:
     from runbot.settings import Settings
@@ -27,6 +32,10 @@ if TYPE_CHECKING:
 
 class CommandError(ValueError):
     """A refused command; the message is meant for the person who gave it."""
+
+
+class ApprovalRefused(CommandError):
+    """The approval policy refused a vote; it is already in the audit trail as `approval.refused`."""
 
 
 def load_version(db: Database, version_id: int) -> LoadedRunbook:
@@ -86,7 +95,7 @@ class ControlMixin:
             scope = {"alert": alert or {}, "params": resolved, "incident": {}, "steps": {},
                      "run": {"id": run_id, "runbook": book.name, "requester": requester}}  # fmt: skip
             try:
-                key = str(render(book.spec.concurrency.key, scope))
+                key = str(render(book.spec.concurrency.key, scope, KEY_LIMITS))
             except TemplateFailure as exc:
                 raise CommandError(f"concurrency.key: {exc}") from None
         now = utcnow()
@@ -198,11 +207,22 @@ class ControlMixin:
         with self.db.read() as conn:
             return [dict(r) for r in conn.execute(q.order_by(APPROVALS.c.requested_at)).mappings()]
 
-    def vote(self, approval_id: str, user_id: str, approve: bool, *, user_name: str | None = None,
-             reason: str | None = None, actor: str | None = None, break_glass: bool = False) -> VoteResult:  # fmt: skip
-        """Record one person's decision with compare-and-set; a double or concurrent click acts once."""
+    def vote(self, approval_id: str, user_id: str | Identity, approve: bool, *, user_name: str | None = None,
+             reason: str | None = None, actor: str | None = None, break_glass: bool = False,
+             member_of: Mapping[str, bool] | None = None, on_behalf_of: str | None = None) -> VoteResult:  # fmt: skip
+        """Record one person's decision with compare-and-set; a double or concurrent click acts once.
+
+        Who may vote is decided here, by the one approval policy (engine/approvals.py), inside this
+        transaction: `user_id` is the voter's Identity (a stored ref such as `slack:T1/U1` or `cli:alice` is
+        parsed into one; a bare name is trusted in-process code, e.g. the rehearsal driver). `member_of` are
+        the approver groups the adapter found the Slack voter in. A refusal is audited and raises
+        `ApprovalRefused` with the reason meant for the voter; nothing is recorded as a vote.
+        """
+        voter = user_id if isinstance(user_id, Identity) else Identity.parse(user_id) or Identity.internal(user_id)
+        cfg = PolicyConfig.from_settings(self.settings)
         now = utcnow()
-        actor = actor or user_id
+        actor = actor or voter.ref
+        refused: tuple[dict[str, Any], dict[str, Any], str] | None = None
         with self.db.tx() as conn:
             q = select(APPROVALS).where(APPROVALS.c.id == approval_id)
             if conn.dialect.name == "postgresql":
@@ -218,47 +238,89 @@ class ControlMixin:
                 raise CommandError(f"run {run['id']} is {run['status']}; nothing to approve")
             if appr["expires_at"] <= now:
                 raise CommandError("this approval request has expired")
-            policy = appr["policy"] or {}
-            if approve and not policy.get("allow_self_approval") and user_id == appr["requester"]:
-                raise CommandError("you requested this run and the runbook does not allow self-approval")
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(VOTES).values(approval_id=approval_id, user_id=user_id, user_name=user_name,
-                                                      decision="approve" if approve else "deny", reason=reason, at=now))  # fmt: skip
-            except IntegrityError:
-                raise CommandError("you have already decided on this approval") from None
-            approvals = conn.execute(select(func.count()).select_from(VOTES).where(
-                VOTES.c.approval_id == approval_id, VOTES.c.decision == "approve")).scalar_one()  # fmt: skip
-            needed = appr["min_approvals"]
-            new_status = "denied" if not approve else ("approved" if approvals >= needed else "pending")
-            vals: dict[str, Any] = {"version": appr["version"] + 1}
-            if new_status != "pending":
-                vals.update(status=new_status, decided_at=now, decided_by=user_name or user_id, reason=reason)
-            res = conn.execute(update(APPROVALS).where(APPROVALS.c.id == approval_id,
-                                                       APPROVALS.c.version == appr["version"],
-                                                       APPROVALS.c.status == "pending").values(**vals))  # fmt: skip
-            if res.rowcount != 1:
-                raise CommandError("someone else decided at the same moment; look again")
-            if new_status != "pending":
-                conn.execute(update(RUNS).where(RUNS.c.id == appr["run_id"]).values(wake_at=now, updated_at=now))
-            if getattr(self, "outbox_enabled", False):  # the approval message shows the vote, wherever it was cast
-                conn.execute(insert(OUTBOX).values(topic="approval.voted", run_id=appr["run_id"], created_at=now,
-                                                   next_attempt_at=now, attempts=0,
-                                                   payload={"run_id": appr["run_id"], "approval_id": approval_id}))  # fmt: skip
-            action = {"approved": "approval.approved", "denied": "approval.denied"}.get(new_status, "approval.vote")
-            audit.append(conn, [audit.Event(action, actor=actor, run_id=appr["run_id"], step_id=appr["step_id"],
-                                            incident_id=run["incident_id"], runbook=run["runbook_name"],
-                                            runbook_version=version_of(conn, run),
-                                            outcome=new_status,
-                                            details={"approval_id": approval_id, "user_id": user_id,
-                                                     "user_name": user_name, "decision": "approve" if approve else "deny",
-                                                     "reason": reason, "approvals": approvals, "needed": needed,
-                                                     "break_glass": break_glass})])  # fmt: skip
+            prior = [PriorVote(v.user_id, v.decision) for v in conn.execute(
+                select(VOTES.c.user_id, VOTES.c.decision).where(VOTES.c.approval_id == approval_id))]  # fmt: skip
+            verdict = decide(ApprovalRequest.from_row(dict(appr), cfg), voter, approve, prior, cfg, member_of)
+            if not verdict.allowed:
+                refused = (dict(appr), dict(run), verdict.reason)
+            else:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(VOTES).values(approval_id=approval_id, user_id=voter.ref,
+                                                          user_name=user_name, person=verdict.person,
+                                                          on_behalf_of=on_behalf_of,
+                                                          decision="approve" if approve else "deny", reason=reason,
+                                                          at=now))  # fmt: skip
+                except IntegrityError:
+                    raise CommandError("you have already decided on this approval") from None
+                prior.append(PriorVote(voter.ref, "approve" if approve else "deny"))
+                approvals = count_people(prior, cfg)
+                needed = appr["min_approvals"]
+                new_status = "denied" if not approve else ("approved" if approvals >= needed else "pending")
+                vals: dict[str, Any] = {"version": appr["version"] + 1}
+                if new_status != "pending":
+                    vals.update(status=new_status, decided_at=now, decided_by=user_name or voter.ref, reason=reason)
+                res = conn.execute(update(APPROVALS).where(APPROVALS.c.id == approval_id,
+                                                           APPROVALS.c.version == appr["version"],
+                                                           APPROVALS.c.status == "pending").values(**vals))  # fmt: skip
+                if res.rowcount != 1:
+                    raise CommandError("someone else decided at the same moment; look again")
+                if new_status != "pending":
+                    conn.execute(update(RUNS).where(RUNS.c.id == appr["run_id"]).values(wake_at=now, updated_at=now))
+                if getattr(self, "outbox_enabled", False):  # the approval message shows the vote, wherever it was cast
+                    conn.execute(insert(OUTBOX).values(topic="approval.voted", run_id=appr["run_id"], created_at=now,
+                                                       next_attempt_at=now, attempts=0,
+                                                       payload={"run_id": appr["run_id"], "approval_id": approval_id}))  # fmt: skip
+                action = {"approved": "approval.approved", "denied": "approval.denied"}.get(new_status, "approval.vote")
+                audit.append(conn, [audit.Event(action, actor=actor, run_id=appr["run_id"], step_id=appr["step_id"],
+                                                incident_id=run["incident_id"], runbook=run["runbook_name"],
+                                                runbook_version=version_of(conn, run),
+                                                outcome=new_status,
+                                                details={"approval_id": approval_id, "user_id": voter.ref,
+                                                         "user_name": user_name, "person": verdict.person,
+                                                         "on_behalf_of": on_behalf_of,
+                                                         "decision": "approve" if approve else "deny",
+                                                         "reason": reason, "approvals": approvals, "needed": needed,
+                                                         "break_glass": break_glass})])  # fmt: skip
+        if refused is not None:
+            appr_row, run_row, why = refused
+            self.audit_refusal(appr_row, run_row, voter, why, approve, actor=actor, user_name=user_name,
+                               on_behalf_of=on_behalf_of)  # fmt: skip
+            raise ApprovalRefused(why)
         self.wake()
         msg = {"approved": f"approved ({approvals}/{needed}); the step runs now",
                "denied": "denied; the step will not run",
                "pending": f"recorded ({approvals}/{needed} approvals so far)"}[new_status]  # fmt: skip
         return VoteResult(new_status, approvals, needed, msg)
+
+    def vote_problem(self, approval_id: str, voter: Identity, approve: bool,
+                     member_of: Mapping[str, bool] | None = None) -> str | None:  # fmt: skip
+        """The policy's answer before a vote is cast (deny form, App Home), without recording anything."""
+        cfg = PolicyConfig.from_settings(self.settings)
+        with self.db.read() as conn:
+            appr = conn.execute(select(APPROVALS).where(APPROVALS.c.id == approval_id)).mappings().first()
+            if appr is None:
+                return "unknown approval"
+            prior = [PriorVote(v.user_id, v.decision) for v in conn.execute(
+                select(VOTES.c.user_id, VOTES.c.decision).where(VOTES.c.approval_id == approval_id))]  # fmt: skip
+        verdict = decide(ApprovalRequest.from_row(dict(appr), cfg), voter, approve, prior, cfg, member_of)
+        return None if verdict.allowed else verdict.reason
+
+    def audit_refusal(self, appr: Mapping[str, Any], run: Mapping[str, Any], voter: Identity, why: str,
+                      approve: bool, *, actor: str | None = None, user_name: str | None = None,
+                      on_behalf_of: str | None = None, **extra: Any) -> None:  # fmt: skip
+        """A refused vote, in the audit trail (its own transaction: the refusal stands even if this fails)."""
+        try:
+            with self.db.tx() as conn:
+                audit.append(conn, [audit.Event("approval.refused", actor=actor or voter.ref, run_id=run["id"],
+                                                step_id=appr["step_id"], incident_id=run.get("incident_id"),
+                                                runbook=run["runbook_name"], outcome="refused",
+                                                details={"approval_id": appr["id"], "reason": why,
+                                                         "decision": "approve" if approve else "deny",
+                                                         "user_id": voter.ref, "user_name": user_name,
+                                                         "on_behalf_of": on_behalf_of, **extra})])  # fmt: skip
+        except Exception as exc:
+            log.warning("could not audit a refused approval", run_id=run["id"], error=type(exc).__name__)
 
     # ---- freeze ------------------------------------------------------------------------------------------------
 

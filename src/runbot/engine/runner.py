@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,11 +23,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, and_, func, insert, or_, select, text, update
 
+from runbot import tracing
 from runbot.audit import log as audit
 from runbot.domain import LIVE_RUN, RunStatus, StepKind, StepStatus
 from runbot.engine import pgcommit
+from runbot.engine.approvals import ApprovalRequest, PolicyConfig
 from runbot.engine.control import ControlMixin
-from runbot.engine.guards import Hold, remediation_hold
+from runbot.engine.guards import HOLD_RECHECK_SECONDS, Hold, remediation_hold
 from runbot.engine.ports import SecretError, SecretProvider
 from runbot.engine.state import (
     APPROVALS,
@@ -41,6 +43,8 @@ from runbot.engine.state import (
     new_id,
     plus,
 )
+from runbot.health import Heartbeat
+from runbot.observability import observe_approval, observe_step
 from runbot.redaction import REGISTRY
 from runbot.runbooks.loader import LoadedRunbook
 from runbot.runbooks.model import RetryPolicy, StepSpec
@@ -48,6 +52,7 @@ from runbot.runbooks.templating import (
     TemplateFailure,
     mask_placeholders,
     render,
+    render_async,
     resolve_secrets,
     secret_refs,
     truthy,
@@ -115,12 +120,14 @@ class Engine(ControlMixin):
         self.secrets = secrets
         self.owner = owner or settings.owner_id
         self.outbox_enabled = False
+        self.on_outbox: Callable[[], None] | None = None  # called after a commit that queued outbox rows
         self._books: dict[int, LoadedRunbook] = {}
         self._books_lock = threading.Lock()
         self._active: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._stopping = False
+        self._grace = 0.0
         self._scheduler: AsyncIOScheduler | None = None
         self.on_run_end: list[Any] = []  # callables (run_id, status) -> None, after the final commit
         self.hold_checks: list[Any] = []  # callables (RunState, StepSpec) -> Hold | None, before remediations
@@ -129,6 +136,7 @@ class Engine(ControlMixin):
         self.rehearsal: Any = None
         self.stats = {"steps": 0, "runs_finished": 0}
         self.peers: list[Engine] = []
+        self.heartbeat: Heartbeat = Heartbeat("engine")  # replaced by the supervisor's (runbot.engine_worker)
         db.relaxed_commits = settings.pg_async_commit_idempotent and not db.is_sqlite
 
     # ---- loop management --------------------------------------------------------------------------------
@@ -143,6 +151,7 @@ class Engine(ControlMixin):
         """Another worker loop sharing this engine's configuration and hooks (PostgreSQL: parallel commits)."""
         peer = Engine(self.settings, self.db, self.registry, self.secrets, owner=f"{self.owner}/{n}")
         peer.outbox_enabled = self.outbox_enabled
+        peer.on_outbox = self.on_outbox
         peer.on_run_end = self.on_run_end
         peer.hold_checks = self.hold_checks
         peer.stats = self.stats
@@ -166,17 +175,31 @@ class Engine(ControlMixin):
         if ready is not None:
             ready.set()
         try:
+            failures = 0
             while not self._stopping:
+                self.heartbeat.busy()
                 self._wake_event.clear()
                 capacity = self.settings.engine_workers - len(tasks)
+                pause = self.settings.poll_interval
                 if capacity > 0:
-                    for run_id, fence in self._claim_due(capacity):
+                    try:
+                        claimed = self._claim_due(capacity)
+                        failures = 0
+                    except Exception as exc:  # database failover: runs in flight go on, claiming resumes later
+                        failures += 1
+                        claimed, pause = [], min(30.0, 0.25 * 2**min(failures, 7))
+                        log.warning("claiming runs failed; retrying", error=f"{type(exc).__name__}: {exc}",
+                                    retry_in=pause)  # fmt: skip
+                    for run_id, fence in claimed:
                         t = asyncio.create_task(self._advance_safely(run_id, fence))
                         tasks.add(t)
                         t.add_done_callback(tasks.discard)
+                self.heartbeat.idle()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.poll_interval)
+                    await asyncio.wait_for(self._wake_event.wait(), timeout=pause)
         finally:
+            if tasks and self._grace > 0:  # drain: in-flight steps finish and commit, then their runs are released
+                await asyncio.wait(list(tasks), timeout=self._grace)
             heartbeat.cancel()
             for t in list(tasks):
                 t.cancel()
@@ -186,9 +209,16 @@ class Engine(ControlMixin):
             if self._scheduler is not None:
                 self._scheduler.shutdown(wait=False)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop claiming runs; with `grace`, let steps in flight finish for up to that many seconds. Every run
+        this loop holds is then released for another replica to take over at once (not after lease expiry)."""
+        self._grace = grace
         self._stopping = True
         self.wake()
+
+    def scheduler_running(self) -> bool:
+        """The loop's APScheduler (timer wake-ups) is running."""
+        return self._scheduler is not None and bool(self._scheduler.running)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -302,7 +332,9 @@ class Engine(ControlMixin):
             await self._advance(run_id, fence)
         except LeaseLost:
             log.warning("lease lost; another worker owns the run now", run_id=run_id)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # shutdown: hand the run over now; a step cut short is recovered there
+            with contextlib.suppress(Exception):
+                self._release(run_id, fence, wake_in=0)
             raise
         except Exception as exc:
             # An engine bug must not wedge the run: record it, release, and let a human look.
@@ -373,6 +405,9 @@ class Engine(ControlMixin):
             self._fire_timers(R)
             self._commit(R, run={"status": RunStatus.RUNNING.value}, events=[R.event("run.resumed")])
         for step in R.book.spec.steps:
+            if self._stopping:  # draining: between two steps, hand the run to another replica right away
+                self._release(run_id, fence, wake_in=0)
+                return
             outcome = await self._drive(R, step)
             if isinstance(outcome, Done):
                 R.scope["steps"][step.sid] = {**outcome.output, "outcome": "succeeded"}
@@ -443,7 +478,7 @@ class Engine(ControlMixin):
         # first time here
         if step.when is not None and verify_of is None:
             try:
-                go = truthy(render(step.when, R.scope)) if isinstance(step.when, str) else bool(step.when)
+                go = truthy(await render_async(step.when, R.scope)) if isinstance(step.when, str) else bool(step.when)
             except TemplateFailure as exc:
                 return self._fail_before_start(R, step, f"`when` could not be evaluated: {exc}")
             if not go:
@@ -472,6 +507,7 @@ class Engine(ControlMixin):
             events=[R.event("step.in_doubt", step_id=step.sid, outcome="in_doubt", attempt=rec["attempt"])],
             outbox=[("step.in_doubt", {"run_id": R.id, "step_id": step.sid, "message": msg})])  # fmt: skip
         rec.update(status=StepStatus.IN_DOUBT.value, error=msg)
+        observe_step(R.book.name, step.type, "in_doubt")
         return Parked(None, msg)
 
     # ---- one attempt ------------------------------------------------------------------------------------------
@@ -484,7 +520,7 @@ class Engine(ControlMixin):
         except UnknownStepType:
             return self._fail_before_start(R, step, f"unknown step type {step.type!r}", attempt)
         try:
-            rendered = render(step.with_, R.scope)
+            rendered = await render_async(step.with_, R.scope)
         except TemplateFailure as exc:
             return self._fail_before_start(R, step, f"template error in `with`: {exc}", attempt)
         refs = secret_refs(rendered) if rendered else []
@@ -516,17 +552,20 @@ class Engine(ControlMixin):
             log=logger, redactor=R.redactor, scope=R.scope, deadline=loop.time() + timeout,
             resume_state=(resume or {}).get("resume_state") if resume else None,
             rehearsal=self.rehearsal.for_step(step.sid) if self.rehearsal is not None else None,
+            raw_params=step.with_,
         )  # fmt: skip
         error: str | None = None
         retryable = False
         result: StepResult | Suspend | None = None
+        span = tracing.TRACER.start_step(R.id, R.book.name, step.sid, step.type, attempt, started)
         err_output: dict[str, Any] = {}
         try:
             real = await asyncio.to_thread(resolve_secrets, rendered, self.secrets.fetch, R.redactor) \
                 if refs else rendered  # fmt: skip
             params = plugin.Params.model_validate(real)
             async with asyncio.timeout(timeout):  # no extra task per step, unlike wait_for on 3.11
-                result = await plugin.run(params, ctx)
+                with tracing.TRACER.current(span):  # http.request sends this span's traceparent
+                    result = await plugin.run(params, ctx)
         except StepError as exc:
             error, retryable, err_output = exc.message, exc.retryable, exc.output
         except SecretError as exc:
@@ -544,6 +583,8 @@ class Engine(ControlMixin):
         self.stats["steps"] += 1
         artifacts = [(a.name, a.content_type, a.data) for a in ctx.artifacts]
         if isinstance(result, Suspend):
+            observe_step(R.book.name, step.type, "waiting")
+            tracing.TRACER.end_step(span, "waiting", finished)
             return self._record_suspend(R, step, attempt, key, inputs, idempotent, started, result, resume)
         if result is not None:
             output = _jsonable(R.redactor.redact_obj(result.output))
@@ -556,6 +597,8 @@ class Engine(ControlMixin):
                                   ts=finished, summary=summary, duration_ms=_ms(started, finished)))  # fmt: skip
             self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                                fresh=resume is None and idempotent, topic="step.succeeded")  # fmt: skip
+            observe_step(R.book.name, step.type, "succeeded", (finished - started).total_seconds())
+            tracing.TRACER.end_step(span, "succeeded", finished)
             return Done(output)
         # failure
         assert error is not None
@@ -570,6 +613,8 @@ class Engine(ControlMixin):
                               error=error, retry_at=retry_at.isoformat() if retry_at else None))  # fmt: skip
         self._write_result(R, step, attempt, key, inputs, idempotent, started, values, events, artifacts,
                            fresh=resume is None and idempotent, topic="step.failed", timer=retry_at)  # fmt: skip
+        observe_step(R.book.name, step.type, "retrying" if retry_at else "failed", (finished - started).total_seconds())
+        tracing.TRACER.end_step(span, "retrying" if retry_at else "failed", finished)
         if retry_at is not None:
             return Parked(retry_at, f"step {step.sid} failed ({error}); retry at {retry_at:%H:%M:%S}")
         return Failed(error)
@@ -675,7 +720,12 @@ class Engine(ControlMixin):
         if hold is not None:
             return hold
         for check in self.hold_checks:
-            h = check(R, step)
+            try:
+                h = check(R, step)
+            except Exception as exc:  # a broken check holds the step (with why), never wedges the run
+                log.error("hold check failed", run_id=R.id, step_id=step.sid, error=repr(exc))
+                h = Hold(f"held: the hold check {type(check).__name__} failed ({type(exc).__name__}); "
+                         "the step waits and is re-checked", plus(utcnow(), HOLD_RECHECK_SECONDS))  # fmt: skip
             if h is not None:
                 return h
         return None
@@ -746,6 +796,8 @@ class Engine(ControlMixin):
                     cache.advance(raw.audit_rows[-1]["seq"], raw.audit_rows[-1]["hash"])
         for _, _, at in timers or []:
             self._schedule_wake(at)
+        if outbox and self.outbox_enabled and self.on_outbox is not None:
+            self.on_outbox()  # delivery starts now, not at its next poll
 
     def _side_rows(self, R: RunState, artifacts: list[tuple[str, str, str, bytes]],
                    timers: Sequence[tuple[str | None, str, datetime]], outbox: list[tuple[str, dict[str, Any]]],
@@ -826,6 +878,8 @@ class Engine(ControlMixin):
                      outbox=[("run.finished", {"run_id": R.id, "status": status.value, "reason": reason})],
                      extra=extra)  # fmt: skip
         self.stats["runs_finished"] += 1
+        with contextlib.suppress(Exception):  # the run's root span, started when the run was created
+            tracing.TRACER.run_ended(R.id, R.book.name, status.value, R.row["created_at"], now)
         REGISTRY.drop(R.id)
         for cb in self.on_run_end:
             try:
@@ -904,11 +958,9 @@ class Engine(ControlMixin):
                 rendered = render(step.with_, R.scope)
             except TemplateFailure as exc:
                 return self._fail_before_start(R, step, f"template error in `with`: {exc}")
-            groups = list(spec.approvers.slack_usergroups)
-            labels = (R.scope.get("alert") or {}).get("labels") or {}
-            groups += [labels[lbl] for lbl in spec.approvers.from_labels if labels.get(lbl)]
-            policy = {"slack_users": spec.approvers.slack_users, "slack_usergroups": groups,
-                      "cli_users": spec.approvers.cli_users, "allow_self_approval": spec.allow_self_approval,
+            # label values are kept apart and only ever looked up in approval_label_groups (engine/approvals.py)
+            req = ApprovalRequest.from_spec(spec, (R.scope.get("alert") or {}).get("labels"), R.row["requester"])
+            policy = {**req.policy_fields(),
                       "on_timeout": spec.on_timeout, "on_deny": spec.on_deny, "escalate_to": spec.escalate_to,
                       "step_type": step.type, "step_name": step.name or step.sid,
                       "params": mask_placeholders(rendered), "secrets": secret_refs(rendered),
@@ -924,7 +976,7 @@ class Engine(ControlMixin):
             self._commit(R, extra=add, timers=[(step.sid, "approval_timeout", appr["expires_at"])],
                          events=[R.event("approval.requested", step_id=step.sid, outcome="pending",
                                          approval_id=appr["id"], min_approvals=spec.min_approvals,
-                                         approvers=policy["slack_usergroups"] + policy["slack_users"],
+                                         approvers=req.describe(PolicyConfig.from_settings(self.settings)),
                                          params=policy["params"], secrets=policy["secrets"],
                                          expires_at=appr["expires_at"].isoformat())],
                          outbox=[("approval.requested", {"run_id": R.id, "step_id": step.sid,
@@ -932,6 +984,8 @@ class Engine(ControlMixin):
             R.approvals[step.sid] = appr
             return Parked(appr["expires_at"], f"waiting for approval of {step.sid}")
         status = appr["status"]
+        if status in ("approved", "denied") and appr.get("decided_at") is not None:
+            self._observe_wait(R, appr, status)
         if status == "approved":
             return None
         if status == "denied":
@@ -976,10 +1030,26 @@ class Engine(ControlMixin):
         self._commit(R, extra=expire, events=[R.event("approval.expired", step_id=step.sid, outcome="expired",
                                                       approval_id=appr["id"], on_timeout=spec.on_timeout)])  # fmt: skip
         appr["status"] = "expired"
+        self._observe_wait(R, {**appr, "decided_at": now}, "expired")
         if spec.on_timeout == "skip":
             self._record_skip(R, step, "approval timed out")
             return Skipped("approval timed out")
         return Stopped(RunStatus.ABORTED, f"approval for {step.sid} timed out")
+
+
+    _waits_seen: set[str] = set()  # approval ids whose wait this process has observed (a retry sees it again)
+
+    def _observe_wait(self, R: RunState, appr: dict[str, Any], decision: str) -> None:
+        seen = Engine._waits_seen
+        if appr["id"] in seen:
+            return
+        if len(seen) > 10_000:
+            seen.clear()
+        seen.add(appr["id"])
+        with contextlib.suppress(Exception):  # a metric never fails a run
+            observe_approval(R.book.name, decision, (appr["decided_at"] - appr["requested_at"]).total_seconds())
+            tracing.TRACER.approval_wait(R.id, R.book.name, appr["step_id"], decision, appr["requested_at"],
+                                         appr["decided_at"])  # fmt: skip
 
 
 def verify_spec(step: StepSpec) -> StepSpec:

@@ -23,9 +23,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from runbot.adapters.alertmanager.payload import alert_links
 from runbot.audit.records import ExportFilter, chain_head, iter_batches, mask_sensitive
 from runbot.domain import StepKind
 from runbot.durations import format_duration
+from runbot.engine.approvals import who_voted
 from runbot.engine.state import APPROVALS, ARTIFACTS, INCIDENTS, RUNS, STEPS, VERSIONS, VOTES
 from runbot.runbooks.loader import parse_source
 from runbot.runbooks.model import Runbook, StepSpec
@@ -188,7 +190,8 @@ def _specs(conn: Any, version_ids: set[int]) -> dict[int, Runbook]:
 def _alert(a: dict[str, Any]) -> dict[str, Any]:
     ann = a.get("annotations") or {}
     return {**a, "summary": ann.get("summary") or ann.get("description") or "",
-            "severity": (a.get("labels") or {}).get("severity") or ""}  # fmt: skip
+            "severity": (a.get("labels") or {}).get("severity") or "",
+            "links": alert_links(a.get("extras"), a.get("generator_url"))}  # fmt: skip
 
 
 def _services(incident: dict[str, Any], alerts: list[dict[str, Any]]) -> list[str]:
@@ -242,7 +245,8 @@ def _text(value: Any, limit: int = OUTPUT_CHARS) -> str:
 def _approval(a: dict[str, Any] | None) -> dict[str, Any] | None:
     if a is None:
         return None
-    votes = [{"user_id": v["user_id"], "name": v["user_name"] or v["user_id"], "decision": v["decision"],
+    votes = [{"user_id": v["user_id"], "name": who_voted(v["user_id"], v["user_name"], v.get("on_behalf_of")),
+              "on_behalf_of": v.get("on_behalf_of"), "decision": v["decision"],
               "reason": v["reason"] or "", "at": v["at"]} for v in a["votes"]]  # fmt: skip
     return {"status": a["status"], "min_approvals": a["min_approvals"], "requested_at": a["requested_at"],
             "decided_at": a["decided_at"], "decided_by": a["decided_by"], "reason": a.get("reason") or "",
@@ -361,7 +365,8 @@ def _timeline(incident: dict[str, Any], alerts: list[dict[str, Any]], events: li
 
 
 def _who(d: dict[str, Any], actor: str) -> str:
-    return str(d.get("user_name") or d.get("user_id") or actor)
+    who = str(d.get("user_name") or d.get("user_id") or actor)
+    return who + (f" for {d['on_behalf_of']}" if d.get("on_behalf_of") else "")
 
 
 def _event_entry(e: dict[str, Any]) -> Entry | None:
@@ -383,6 +388,8 @@ def _event_entry(e: dict[str, Any]) -> Entry | None:
         "approval.vote": f"{_who(d, e['actor'])} voted {d.get('decision')} on {step} ({d.get('approvals')}/{d.get('needed')})",
         "approval.approved": f"{step} approved by {_who(d, e['actor'])} ({d.get('approvals')}/{d.get('needed')})",
         "approval.denied": f"{step} denied by {_who(d, e['actor'])}" + (f": {reason}" if reason else ""),
+        "approval.refused": f"{_who(d, e['actor'])} was refused a {d.get('decision')} vote on {step}"
+                            + (f": {reason}" if reason else ""),
         "approval.expired": f"approval for {step} expired (on_timeout: {d.get('on_timeout')})",
         "approval.escalated": f"approval for {step} escalated",
     }  # fmt: skip

@@ -4,6 +4,11 @@ Template choice, first match wins: an explicit file; `<templates_dir>/<team>.<fm
 (runbook `owner`, else the incident's `team` label); `<templates_dir>/postmortem.<fmt>.j2`; the built-in
 one. A custom template may `{% extends "builtin/postmortem.md.j2" %}` and override single blocks.
 Templates run sandboxed: they can format the data they are given and nothing else.
+
+Every value is escaped for its format, whatever the template does: HTML by autoescaping, Markdown by a
+`finalize` hook that escapes each printed value (`runbot.mdsafe.text`) unless a filter already made it safe
+Markdown. Filters for both formats: `md` (text, also in table cells), `code` (inline code; `code(table=true)`
+in a table), `fence` (a code block nothing inside can close), `link` (http(s) only) and `dt`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from jinja2 import BaseLoader, ChoiceLoader, FileSystemLoader, PrefixLoader, Str
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup, escape
 
+from runbot import mdsafe
 from runbot.postmortem.context import Facts, Graph, gather, span
 from runbot.store.db import Database
 
@@ -32,9 +38,36 @@ def _dt(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
-def _md_cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+# Images embedded in Markdown as data: URIs: raster types only (CommonMark renderers refuse other data: URIs,
+# and an SVG is a document of its own). Others are linked (assets dir) or named.
+MD_EMBEDDABLE = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+def _md_finalize(value: Any) -> str:
+    """Markdown output of every `{{ ... }}`: escaped unless a filter made it safe Markdown already."""
+    return value if isinstance(value, mdsafe.Md) else mdsafe.text(value)
+
+
+def _html_code(value: Any, table: bool = False) -> Markup:
+    return Markup("<code>{}</code>").format("" if value is None else str(value))
+
+
+def _html_fence(value: Any, info: str = "") -> Markup:
+    return Markup("<pre>{}</pre>").format("" if value is None else str(value))
+
+
+def _html_link(label: Any, url: Any) -> Markup:
+    target = mdsafe.safe_url(url)
+    if target is None:
+        return escape(f"{label} ({url})" if url and url != label else str(label))
+    return Markup('<a href="{}" rel="noopener noreferrer">{}</a>').format(target, label)
+
+
+def _filters(fmt: str) -> dict[str, Callable[..., Any]]:
+    if fmt == "html":
+        return {"dt": _dt, "md": lambda v: "" if v is None else str(v), "code": _html_code, "fence": _html_fence,
+                "link": _html_link}  # fmt: skip
+    return {"dt": _dt, "md": mdsafe.cell, "code": mdsafe.code, "fence": mdsafe.fence, "link": mdsafe.link}
 
 
 def _team(facts: Facts) -> str | None:
@@ -80,7 +113,9 @@ def _image_fn(fmt: str, images: Images, assets_dir: Path | None, incident_id: st
         src = link(g) if images == "link" and assets_dir is not None else g.data_uri
         if fmt == "html":
             return Markup('<img src="{}" alt="{}">').format(src, g.name)
-        return f"![{g.name}]({src})"
+        if src == g.data_uri and g.content_type not in MD_EMBEDDABLE:
+            return mdsafe.text(f"(graph {g.name}, artifact #{g.id}, {g.content_type})")
+        return mdsafe.image(g.name, src)
 
     return image
 
@@ -91,8 +126,9 @@ def render_facts(facts: Facts, fmt: str = "md", template: Path | str | None = No
         raise ValueError(f"unknown postmortem format {fmt!r}: use md or html")
     loader, name = choose_template(fmt, template, templates_dir, _team(facts))
     env = SandboxedEnvironment(loader=loader, autoescape=fmt == "html", trim_blocks=True, lstrip_blocks=True,
-                               undefined=StrictUndefined, keep_trailing_newline=True)  # fmt: skip
-    env.filters.update(dt=_dt, md=_md_cell)
+                               undefined=StrictUndefined, keep_trailing_newline=True,
+                               finalize=_md_finalize if fmt == "md" else None)  # fmt: skip
+    env.filters.update(_filters(fmt))
     env.globals.update(span=span, image=_image_fn(fmt, images, assets_dir, str(facts.incident["id"])))
     return env.get_template(name).render(**facts.as_template_context())
 

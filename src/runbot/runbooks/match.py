@@ -1,16 +1,20 @@
-"""Alertmanager-style label matchers: `=`, `!=`, `=~`, `!~`, regexes fully anchored as Alertmanager does."""
+"""Alertmanager-style label matchers: `=`, `!=`, `=~`, `!~`, regexes in RE2, fully anchored as Alertmanager does.
+
+Parsing (`match:` entries, with Alertmanager's own grammar) lives in runbooks/matchers.py; regex
+compilation in runbooks/regex.py.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from runbot.runbooks.regex import RegexError, compile_anchored
+
+if TYPE_CHECKING:
+    from runbot.runbooks.regex import AnchoredRegex
 
 Op = Literal["=", "!=", "=~", "!~"]
-_MATCHER = re.compile(
-    r"""^\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^"'\s].*?)\s*$"""
-)
 
 
 class MatcherError(ValueError):
@@ -23,44 +27,50 @@ class Matcher:
     op: Op
     value: str
 
-    @cached_property
-    def regex(self) -> re.Pattern[str] | None:
-        if self.op in ("=~", "!~"):
-            return re.compile(f"^(?:{self.value})$", re.DOTALL)
-        return None
+    @property
+    def regex(self) -> AnchoredRegex | None:
+        """The compiled `^(?:value)$`, compiled on first use (a silence from Alertmanager may hold a regex RE2
+        refuses: that raises MatcherError when it is evaluated, not when it is read)."""
+        if self.op not in ("=~", "!~"):
+            return None
+        compiled: AnchoredRegex | None = self.__dict__.get("_regex")
+        if compiled is None:
+            try:
+                compiled = compile_anchored(self.value)
+            except RegexError as exc:
+                raise MatcherError(f"invalid regex {self.value!r}: {exc}") from None
+            object.__setattr__(self, "_regex", compiled)  # a cache, not state: equality ignores it
+        return compiled
 
     def matches(self, labels: dict[str, str]) -> bool:
         # Alertmanager treats a missing label as the empty string.
         actual = labels.get(self.name, "")
-        if self.op == "=":
+        op = self.op
+        if op == "=":
             return actual == self.value
-        if self.op == "!=":
+        if op == "!=":
             return actual != self.value
-        assert self.regex is not None
-        hit = self.regex.match(actual) is not None
-        return hit if self.op == "=~" else not hit
+        regex = self.__dict__.get("_regex") or self.regex
+        assert regex is not None
+        return regex.matches(actual) is (op == "=~")
 
     def __str__(self) -> str:
         return f'{self.name}{self.op}"{self.value}"'
 
 
+def parse_entry(text: str) -> list[Matcher]:
+    """One `match:` entry (one matcher, or a comma-separated list, optionally in braces)."""
+    from runbot.runbooks.matchers import parse_entry as parse
+
+    return parse(text)
+
+
 def parse_matcher(text: str) -> Matcher:
-    m = _MATCHER.match(text)
-    if not m:
-        raise MatcherError(f'invalid matcher {text!r}: expected label op "value" with op one of = != =~ !~')
-    raw = m.group("value")
-    if raw[:1] in ('"', "'"):
-        value = bytes(raw[1:-1], "utf-8").decode("unicode_escape") if "\\" in raw else raw[1:-1]
-    else:
-        value = raw
-    op: Op = m.group("op")  # type: ignore[assignment]
-    matcher = Matcher(m.group("name"), op, value)
-    if matcher.op in ("=~", "!~"):
-        try:
-            _ = matcher.regex
-        except re.error as exc:
-            raise MatcherError(f"invalid regex {value!r} in matcher {text!r}: {exc}") from exc
-    return matcher
+    """Exactly one matcher (raises MatcherError otherwise)."""
+    found = parse_entry(text)
+    if len(found) != 1:
+        raise MatcherError(f"expected one matcher in {text!r}, found {len(found)}")
+    return found[0]
 
 
 def explain(matchers: list[Matcher], labels: dict[str, str]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from runbot.durations import Duration
-from runbot.runbooks.match import Matcher, parse_matcher
+from runbot.runbooks.match import Matcher, parse_entry
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -158,9 +158,13 @@ class Runbook(Strict):
         return self
 
     def matchers(self) -> list[Matcher]:
-        if self._matchers is None:  # parsed once per loaded version: matching runs for every alert
-            self._matchers = [parse_matcher(m) for m in self.match]
-        return self._matchers
+        # Parsed once per loaded version: matching runs for every alert against every runbook, so the cache
+        # is read from pydantic's private dict directly (its __getattr__ costs more than the match itself).
+        private = self.__pydantic_private__ or {}
+        found = private.get("_matchers")
+        if found is None:
+            found = self._matchers = [one for entry in self.match for one in parse_entry(entry)]
+        return found
 
     def step(self, step_id: str) -> StepSpec | None:
         for s in self.all_steps():

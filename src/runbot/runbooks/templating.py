@@ -8,6 +8,7 @@ the last moment before a plugin runs and registers them with the run's redactor.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -18,20 +19,36 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from runbot.redaction import MASK, Redactor
+from runbot.runbooks.sandbox import (
+    DEFAULT_LIMITS,
+    INLINE_LIMITS,
+    KEY_LIMITS,
+    BoundedSandbox,
+    TemplateBudgetExceeded,
+    TemplateFailure,
+    TemplateLimits,
+    TemplateTimeout,
+    budget,
+    current,
+    make_globals,
+    weight,
+)
 
+__all__ = ["DEFAULT_LIMITS", "INLINE_LIMITS", "KEY_LIMITS", "TemplateBudgetExceeded", "TemplateFailure",
+           "TemplateLimits", "TemplateTimeout", "render", "render_async"]  # fmt: skip
+
+# What `alert` holds in a template (engine scope and intake's template_alert); lint refuses other names.
+# Grafana alerts add theirs (adapters/alertmanager/payload.GRAFANA_ALERT_FIELDS and orgId).
+ALERT_FIELDS = frozenset({"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint",
+                          "dashboardURL", "panelURL", "silenceURL", "imageURL", "values", "valueString", "orgId"})
 SCOPE_NAMES = frozenset({"alert", "incident", "params", "steps", "run", "secret", "now"})
 _PLACEHOLDER = re.compile(r"⟦secret:([^⟧|]+)\|([0-9a-f]{20})⟧")
 _SINGLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 _SECRET_REF = re.compile(r"^[A-Za-z0-9_./@+:-]+(#[A-Za-z0-9_.-]+)?$")
-
-
-class TemplateFailure(ValueError):
-    """A template could not be rendered; the message says why without showing secret values."""
 
 
 # Placeholders carry a MAC under a per-process key, so text that merely *looks* like a placeholder (from an
@@ -69,27 +86,59 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _make_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    env.globals = {"secret": secret_placeholder, "now": _now, "range": range, "dict": dict}
+def _make_env() -> BoundedSandbox:
+    env = BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env.globals = make_globals(secret_placeholder, _now)
     return env
 
 
 ENV = _make_env()
 
 
+@functools.lru_cache(maxsize=4096)
+def _template(text: str) -> Template:
+    """Compiled once per distinct text: runbooks render the same templates for every run."""
+    return ENV.from_string(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _expression(expr: str) -> Any:
+    return ENV.compile_expression(expr, undefined_to_none=False)
+
+
 class AttrDict(dict[str, Any]):
     """A dict whose keys also read as attributes in templates (steps.x.value); missing keys are errors."""
 
 
-def render(value: Any, scope: Mapping[str, Any]) -> Any:
-    """Render every template string inside value (dicts, lists, strings); a lone `{{ expr }}` keeps its type."""
+def render(value: Any, scope: Mapping[str, Any], limits: TemplateLimits = DEFAULT_LIMITS) -> Any:
+    """Render every template string inside value (dicts, lists, strings); a lone `{{ expr }}` keeps its type.
+
+    The whole value shares one budget (`limits`): time, output size and loop iterations.
+    """
+    with budget(limits):
+        return _render(value, scope)
+
+
+async def render_async(value: Any, scope: Mapping[str, Any], inline: TemplateLimits = INLINE_LIMITS,
+                       full: TemplateLimits = DEFAULT_LIMITS) -> Any:
+    """For the engine's event loop: render inline with a small time budget, and only a template that needs
+    more time is rendered again in a render process (runbooks/render_pool.py, with the full budget), so it
+    blocks neither the loop nor, through the GIL, the web server."""
+    try:
+        return render(value, scope, inline)
+    except TemplateTimeout:
+        from runbot.runbooks.render_pool import POOL
+
+        return await POOL.render(value, scope, full)
+
+
+def _render(value: Any, scope: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return render_string(value, scope)
     if isinstance(value, dict):
-        return {k: render(v, scope) for k, v in value.items()}
+        return {k: _render(v, scope) for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, scope) for v in value]
+        return [_render(v, scope) for v in value]
     return value
 
 
@@ -99,11 +148,21 @@ def render_string(text: str, scope: Mapping[str, Any]) -> Any:
     try:
         m = _SINGLE_EXPR.match(text)
         if m and "{{" not in m.group("expr") and "}}" not in m.group("expr"):
-            result = ENV.compile_expression(m.group("expr").strip(), undefined_to_none=False)(**scope)
+            result = _expression(m.group("expr").strip())(**scope)
             if isinstance(result, Undefined):
                 str(result)  # StrictUndefined raises here with the name that was missing
+            _check_result(result)
             return result
-        return ENV.from_string(text).render(**scope)
+        out: list[str] = []
+        for chunk in _template(text).generate(**scope):
+            out.append(chunk)
+        return "".join(out)
+    except TemplateFailure:
+        raise
+    except RecursionError:
+        raise TemplateBudgetExceeded("the template recursed too deeply (a macro that calls itself?)") from None
+    except MemoryError:
+        raise TemplateBudgetExceeded("the template ran out of memory; simplify it") from None
     except UndefinedError as exc:
         raise TemplateFailure(f"undefined value: {exc.message}") from None
     except SecurityError as exc:
@@ -112,10 +171,13 @@ def render_string(text: str, scope: Mapping[str, Any]) -> Any:
         raise TemplateFailure(f"template syntax error: {exc.message}") from None
     except TemplateError as exc:
         raise TemplateFailure(f"template error: {exc}") from None
-    except TemplateFailure:
-        raise
     except Exception as exc:  # arithmetic on wrong types, comparisons of None, ...
         raise TemplateFailure(f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_result(result: Any) -> None:
+    b = current()
+    b.size(weight(result, b.limits.chars), "the template's value")
 
 
 def truthy(value: Any) -> bool:
@@ -183,12 +245,36 @@ def resolve_secrets(value: Any, fetch: Callable[[str], str], redactor: Redactor)
 
 # ---- static analysis for lint -------------------------------------------------------------------------
 
+LINT_LIMITS = DEFAULT_LIMITS.with_seconds(0.25)
+_TRIAL_ENV = BoundedSandbox(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=False)
+_TRIAL_ENV.globals = make_globals(secret_placeholder, _now)
+
+
+def trial_budget_problem(text: str) -> str | None:
+    """Lint's look at what a template costs: render it once with every variable undefined (loops over data
+    run zero times, so only what the template builds by itself counts); a template that exceeds its budget
+    even so is a bomb whatever the alert, and lint names it."""
+    if not isinstance(text, str) or ("{{" not in text and "{%" not in text):
+        return None
+    try:
+        with budget(LINT_LIMITS):
+            for _ in _TRIAL_ENV.from_string(text).generate():
+                pass
+    except TemplateBudgetExceeded as exc:
+        return str(exc)
+    except RecursionError:
+        return "the template recursed too deeply (a macro that calls itself?)"
+    except Exception:  # noqa: S110 - undefined values, type errors: the real data decides, not lint
+        pass
+    return None
+
 
 class TemplateRefs:
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.steps: set[str] = set()
         self.params: set[str] = set()
+        self.alert_fields: set[str] = set()
         self.secrets: list[str] = []
 
 
@@ -206,6 +292,8 @@ def analyze(text: str) -> TemplateRefs:
     refs.names = set(meta.find_undeclared_variables(ast))
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         base = getattr(node, "node", None)
+        if isinstance(base, nodes.Name) and base.name == "alert" and isinstance(node, nodes.Getattr):
+            refs.alert_fields.add(node.attr)
         if isinstance(base, nodes.Name) and base.name in ("steps", "params"):
             key: str | None = None
             if isinstance(node, nodes.Getattr):

@@ -29,6 +29,7 @@ from sqlalchemy import insert, select, update
 
 from runbot.audit import log as audit
 from runbot.domain import TERMINAL_RUN
+from runbot.observability import count_vault_failure
 from runbot.store import tables
 from runbot.store.types import utcnow
 
@@ -254,6 +255,7 @@ class LeaseKeeper:
         except Exception as exc:
             why, retryable = _reason(exc)
             self.stats["errors"] += 1
+            count_vault_failure("lease_revoke")
             log.warning("lease revocation failed; the sweep retries", lease_id=lease_id, run_id=run_id, reason=why)
             self._record_error(lease_id, f"revocation failed: {why}")
             return False, retryable
@@ -280,6 +282,7 @@ class LeaseKeeper:
                 why, retryable = _reason(exc)
                 remaining = h.granted_at + h.ttl - now
                 self.stats["errors"] += 1
+                count_vault_failure("lease_renew")
                 if retryable and remaining > 0:
                     h.retry_at = now + min(5.0, max(0.2, remaining / 4))
                     log.warning("lease renewal failed; retrying", lease_id=h.lease_id, reason=why)

@@ -42,6 +42,7 @@ import structlog
 from pydantic import BaseModel, SecretStr
 
 from runbot.engine.ports import SecretError
+from runbot.observability import count_vault_failure
 from runbot.redaction import REGISTRY
 from runbot.secrets.leases import HeldLease, LeaseKeeper, LeaseUnavailable
 
@@ -117,7 +118,7 @@ def _first_error(exc: hvac.exceptions.VaultError) -> str:
         text = ""
     lines = [ln.strip(" *\t") for ln in text.splitlines() if ln.strip(" *\t")]
     line = next((ln for ln in lines if not ln.endswith("error occurred:") and "errors occurred" not in ln), "")
-    return REGISTRY.redact(line[:200])
+    return REGISTRY.redact(line)[:200]  # mask first: a cut could leave a secret's head unrecognised
 
 
 def explain(exc: BaseException, addr: str, timeout: float) -> VaultFailure:
@@ -461,8 +462,10 @@ class VaultProvider:
         try:
             grant = self.auth.login(self.client)
         except (VaultFailure, VaultConfigError):
+            count_vault_failure("login")
             raise
         except Exception as exc:
+            count_vault_failure("login")
             raise explain(exc, self.addr, self.settings.vault_timeout) from None
         self._grant = grant
         self.logins += 1

@@ -106,6 +106,7 @@ class StepContext:
     deadline: float | None = None  # loop.time() by which the step must finish
     resume_state: dict[str, Any] | None = None
     rehearsal: Any = None  # recorded responses when rehearsing (runbot test); None when live
+    raw_params: dict[str, Any] | None = None  # the step's `with:` before rendering: which values are templated
     artifacts: list[Artifact] = field(default_factory=list)
 
     def attach(self, name: str, content_type: str, data: bytes) -> None:

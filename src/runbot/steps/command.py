@@ -47,17 +47,20 @@ import re
 import shlex
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from runbot.domain import StepKind
 from runbot.netpolicy import HostPattern, normalize_host
 from runbot.steps.base import Params, Step, StepContext, StepError, StepLogger, StepResult
-from runbot.steps.http import capture_text, one_line
+from runbot.steps.http import REDACTION_MARGIN, capture_text, one_line, redacted_capture
+
+if TYPE_CHECKING:
+    from runbot.settings import Settings
 
 SSH_FAILURE = 255
 PIPE_DRAIN_SECONDS = 2.0  # after the group is gone, how long to wait for pipes held by escaped processes
@@ -66,6 +69,28 @@ _HOST = re.compile(
     r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?)$"
 )
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_SECRET_CALL = re.compile(r"\bsecret\s*\(")
+SHOWN_ARGV_CHARS = 160  # a command line in messages and summaries; cut only after redaction
+
+# Variables that make a program load or run code it did not ask for (dynamic loader, interpreters,
+# shells), or change how it parses its own input: `env:` refuses them even though the values are literal.
+DENIED_ENV = frozenset({
+    "BASH_ENV", "ENV", "IFS", "PS4", "SHELLOPTS", "BASHOPTS", "CDPATH", "GLOBIGNORE", "PROMPT_COMMAND",
+    "PATH", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "NODE_OPTIONS",
+    "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "RUBYLIB", "RUBYOPT",
+    "PERLLIB", "PERLIO", "LUA_PATH", "LUA_CPATH", "LUA_INIT", "TCLLIBPATH", "GIT_SSH", "GIT_SSH_COMMAND",
+    "GIT_EXEC_PATH", "GIT_ASKPASS", "SSH_ASKPASS", "LESSOPEN", "LESSCLOSE", "OPENSSL_CONF", "OPENSSL_ENGINES",
+})  # fmt: skip
+DENIED_ENV_PREFIXES = ("LD_", "DYLD_", "BASH_FUNC_", "PYTHON", "PERL5", "GIT_CONFIG", "RUBY")
+
+
+def denied_env(name: str) -> str | None:
+    """Why `env:` may not set `name`, or None."""
+    upper = name.upper()
+    if upper in DENIED_ENV or upper.startswith(DENIED_ENV_PREFIXES):
+        return (f"env {name} is refused: it changes which code the program loads or how it parses input "
+                "(dynamic loader, interpreter or shell variable)")  # fmt: skip
+    return None
 
 
 class CommandRefused(Exception):
@@ -92,6 +117,13 @@ def _argv_items(v: Any, field: str) -> Any:
     return v
 
 
+class SecretInArgv(Params):
+    """The explicit, reasoned opt-in to a secret in argv (readable by every local user through `ps`)."""
+
+    allow: Literal[True] = Field(description="must be true; the step refuses secrets in argv otherwise")
+    reason: str = Field(min_length=3, description="why this program cannot read the secret from env or stdin")
+
+
 class CommandParams(Params):
     argv: list[str] = Field(
         min_length=1, description="program and arguments, e.g. [systemctl, restart, nginx]"
@@ -114,6 +146,12 @@ class CommandParams(Params):
     host: str | None = Field(default=None, description="run over ssh on this host (RUNBOT_COMMAND_SSH_HOSTS)")
     user: str | None = Field(default=None, description="remote user; default RUNBOT_COMMAND_SSH_USER")
     port: int | None = Field(default=None, ge=1, le=65535, description="ssh port")
+    secret_in_argv: SecretInArgv | None = Field(
+        default=None, description="{allow: true, reason: ...}: accept a secret in argv (visible in ps)"
+    )
+    allow_dash_values: bool = Field(
+        default=False, description="templated argv values may start with '-' (else refused as options)"
+    )
 
     @field_validator("argv", mode="before")
     @classmethod
@@ -141,6 +179,9 @@ class CommandParams(Params):
         for k, val in v.items():
             if not isinstance(k, str) or not _ENV_NAME.match(k):
                 raise ValueError(f"invalid environment variable name {k!r}")
+            why = denied_env(k)
+            if why:
+                raise ValueError(why)
             if isinstance(val, bool) or not isinstance(val, str | int | float):
                 raise ValueError(f"env {k}: expected a string")
             text = val if isinstance(val, str) else str(val)
@@ -203,8 +244,37 @@ def _resolve(name: str, path: str) -> str | None:
     return os.path.normpath(found) if found else None
 
 
-def resolve_executable(name: str, allow: Sequence[str], *, setting: str = "RUNBOT_COMMAND_ALLOW") -> str:
-    """The absolute path to run for argv[0], or CommandRefused saying why it may not run."""
+def _real(path: str | None) -> str | None:
+    return os.path.realpath(path) if path is not None else None
+
+
+def pin_allow_list(allow: Sequence[str]) -> dict[str, str]:
+    """Each allow-list entry's real file (symlinks resolved, bare names looked up on PATH), as of now.
+
+    Command pins these when it is built, so a PATH change or a new symlink later cannot make an entry
+    mean another file: the allow-list names files, not strings.
+    """
+    path = _search_path()
+    pins: dict[str, str] = {}
+    for entry in allow:
+        real = _real(_resolve(entry, path))
+        if real is not None:
+            pins[entry] = real
+    return pins
+
+
+def resolve_executable(
+    name: str,
+    allow: Sequence[str],
+    *,
+    setting: str = "RUNBOT_COMMAND_ALLOW",
+    pins: dict[str, str] | None = None,
+) -> str:
+    """The absolute path to run for argv[0], or CommandRefused saying why it may not run.
+
+    argv[0] is resolved (PATH lookup, then every symlink) to a real file, which must be the real file of
+    an allow-list entry: `pins` (see pin_allow_list) when given, else the entries resolved now.
+    """
     if not name:
         raise CommandRefused("argv[0] is empty")
     if "/" in name and not os.path.isabs(name):
@@ -213,14 +283,22 @@ def resolve_executable(name: str, allow: Sequence[str], *, setting: str = "RUNBO
         )
     path = _search_path()
     candidate = _resolve(name, path)
-    allowed = {r for r in (_resolve(entry, path) for entry in allow) if r is not None}
+    pinned = pins if pins is not None else pin_allow_list(allow)
+    allowed = {pinned[e] for e in allow if e in pinned}
     if candidate is None:
         if name in allow:
             raise CommandRefused(f"{name} is allowed but not found on PATH")
         raise CommandRefused(f"{name} is not in {setting}")
-    if candidate not in allowed:
+    real = _real(candidate)
+    if real not in allowed:
         shown = name if candidate == name else f"{name} ({candidate})"
+        if real != candidate:
+            shown += f" -> {real}"
         empty = " (empty)" if not allow else ""
+        if name in pinned or candidate in pinned:
+            was = pinned.get(name) or pinned.get(candidate)
+            raise CommandRefused(f"{shown} is not the file allowed by {setting} ({was}): it changed since "
+                                 "runbot started (a symlink or PATH); restart runbot to accept the new file")  # fmt: skip
         raise CommandRefused(f"{shown} is not in {setting}{empty}")
     if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
         raise CommandRefused(f"{candidate} is not an executable file")
@@ -337,6 +415,7 @@ async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
 async def run_process(
     argv: list[str],
     *,
+    executable: str | None = None,
     cwd: str | None,
     env: dict[str, str],
     stdin: bytes | None,
@@ -345,11 +424,17 @@ async def run_process(
     grace: float,
     log: StepLogger | None = None,
 ) -> ProcessOutcome:
-    """Run argv (argv[0] an absolute path) in its own process group, with a deadline and bounded capture."""
+    """Run argv (argv[0] an absolute path) in its own process group, with a deadline and bounded capture.
+
+    `executable`, when given, is the file actually executed (argv[0] is still what the program sees).
+    `cap` bytes are kept per stream, plus REDACTION_MARGIN so a secret straddling the cut is still whole
+    when it is masked (the caller cuts to `cap` after redaction).
+    """
     loop = asyncio.get_running_loop()
     started = loop.time()
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        executable=executable,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -358,7 +443,7 @@ async def run_process(
         start_new_session=True,
     )
     pgid = proc.pid  # setsid made it the leader of a new group
-    out, err = _Capture(cap), _Capture(cap)
+    out, err = _Capture(cap + REDACTION_MARGIN), _Capture(cap + REDACTION_MARGIN)
     tasks = [asyncio.create_task(out.pump(proc.stdout)), asyncio.create_task(err.pump(proc.stderr))]
     if stdin is not None:
         tasks.append(asyncio.create_task(_feed(proc.stdin, stdin)))
@@ -403,6 +488,10 @@ class Command(Step[CommandParams]):
         "that kills the whole process group and bounded output capture."
     )
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._pinned: dict[str, str] = pin_allow_list(settings.command_allow)  # real files, as of start
+
     def idempotent(self, params: CommandParams) -> bool:
         return params.read_only
 
@@ -433,9 +522,9 @@ class Command(Step[CommandParams]):
             elif host is not None:
                 if exe not in self.settings.command_ssh_allow:
                     problems.append(("argv[0]", f"{exe} is not in RUNBOT_COMMAND_SSH_ALLOW"))
-            elif exe not in self.settings.command_allow:  # a literal entry is fine even if not on PATH here
-                try:
-                    resolve_executable(exe, self.settings.command_allow)
+            elif not (exe in self.settings.command_allow and _resolve(exe, _search_path()) is None):
+                try:  # (a literal entry is fine even if it is not on PATH here)
+                    resolve_executable(exe, self.settings.command_allow, pins=self._pins())
                 except CommandRefused as exc:
                     problems.append(("argv[0]", str(exc)))
         args = raw_params.get("args")
@@ -445,6 +534,7 @@ class Command(Step[CommandParams]):
             problems.append(
                 ("args_end_of_options", "args_end_of_options needs args: the -- goes between argv and args")
             )
+        problems += self._lint_secrets_and_env(raw_params)
         read_only = raw_params.get("read_only")
         if read_only is not None and not isinstance(read_only, bool):
             why = "read_only must be a literal true or false: it decides whether the step needs approval"
@@ -458,19 +548,63 @@ class Command(Step[CommandParams]):
                 problems.append(("host", str(exc)))
         return problems
 
+    @staticmethod
+    def _lint_secrets_and_env(raw_params: dict[str, Any]) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        opt_in = raw_params.get("secret_in_argv")
+        allowed = False
+        if opt_in is not None:
+            try:
+                SecretInArgv.model_validate(opt_in)
+                allowed = True
+            except ValueError:
+                problems.append(("secret_in_argv", "write secret_in_argv: {allow: true, reason: \"why this "
+                                 "program cannot read it from env: or stdin:\"}"))  # fmt: skip
+        for field in ("argv", "args"):
+            items = raw_params.get(field)
+            if not isinstance(items, list) or allowed:
+                continue
+            for i, item in enumerate(items):
+                if isinstance(item, str) and _is_template(item) and _SECRET_CALL.search(item):
+                    problems.append((f"{field}[{i}]", ARGV_DELIVERY_ADVICE))
+        env = raw_params.get("env")
+        if isinstance(env, dict):
+            for name in env:
+                why = denied_env(str(name))
+                if why:
+                    problems.append((f"env.{name}", why))
+        return problems
+
+    def _pins(self) -> dict[str, str]:
+        """The allow-list's files as pinned when this step type was built (runbot's start); entries that
+        did not resolve then are pinned when first found."""
+        for entry in self.settings.command_allow:
+            if entry not in self._pinned:
+                self._pinned.update(pin_allow_list([entry]))
+        return self._pinned
+
     async def run(self, params: CommandParams, ctx: StepContext) -> StepResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ctx.remaining(self.default_timeout)
         red = ctx.redactor.redact
-        shown = one_line(shlex.join(params.argv), 120)
+        logical = [*params.argv, *(["--"] if params.args_end_of_options else []), *params.args]
         where = f" on {params.host}" if params.host else ""
-        label = f"command {shown}{where}"
+        label = f"command {show_argv(ctx.redactor.redact_argv(logical))}{where}"
 
+        self._refuse_secret_in_argv(params, ctx, label)
+        self._refuse_dash_values(params, ctx, label)
+        executable: str | None = None
         try:
             if ctx.rehearsal is not None:  # `runbot test`: nothing is resolved or spawned (see runbot.rehearsal)
-                argv = [*params.argv, *(["--"] if params.args_end_of_options else []), *params.args]
+                argv = logical
+                shown_argv = ctx.redactor.redact_argv(argv)
+            elif params.host:
+                argv = self._ssh_argv(params)
+                shown_argv = self._ssh_argv(params, element=red)  # masked before quoting, not after
             else:
-                argv = self._ssh_argv(params) if params.host else self._local_argv(params)
+                argv = self._local_argv(params)
+                executable = os.path.realpath(argv[0])  # the pinned file itself, never a symlink hop
+                shown_argv = ctx.redactor.redact_argv(argv)
         except CommandRefused as exc:
             raise StepError(red(f"{label}: refused: {exc}"), retryable=False) from None
         if params.cwd is not None and ctx.rehearsal is None and not os.path.isdir(params.cwd):
@@ -481,11 +615,12 @@ class Command(Step[CommandParams]):
         if params.max_output_bytes is not None:
             cap = min(cap, params.max_output_bytes)
 
-        ctx.log.info(f"running {shlex.join(argv)}")
+        ctx.log.info("running command", argv=shown_argv)
         try:
             # `runbot test`: the recorded outcome stands in for the process
             outcome = await (ctx.rehearsal.run_process if ctx.rehearsal is not None else run_process)(
                 argv,
+                executable=executable,
                 cwd=params.cwd,
                 env=env,
                 stdin=params.stdin.encode() if params.stdin is not None else None,
@@ -497,13 +632,13 @@ class Command(Step[CommandParams]):
         except OSError as exc:
             raise StepError(red(f"{label}: cannot start: {exc.strerror or exc}"), retryable=False) from None
 
-        output = self._output(argv, params, outcome, ctx)
+        output = self._output(shown_argv, params, outcome, ctx, cap)
         if outcome.timed_out:
             msg = f"{label}: timed out after {outcome.duration:.1f}s; process group killed"
             raise StepError(red(msg), retryable=True, output=output)
         rc = outcome.returncode
         if rc not in params.expect_exit:
-            tail = _last_line(outcome.stderr) or _last_line(outcome.stdout)
+            tail = _last_line(outcome.stderr, red) or _last_line(outcome.stdout, red)
             detail = f": {one_line(tail, 160)}" if tail else ""
             if params.host and rc == SSH_FAILURE:
                 msg = f"{label}: ssh failed (exit 255){detail}"
@@ -517,8 +652,46 @@ class Command(Step[CommandParams]):
 
     # ---- argv construction ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _refuse_secret_in_argv(params: CommandParams, ctx: StepContext, label: str) -> None:
+        """A registered secret in argv is refused at run time too (e.g. vault.credentials values)."""
+        if params.secret_in_argv is not None:
+            return
+        for field, items in (("argv", params.argv), ("args", params.args)):
+            for i, item in enumerate(items):
+                if ctx.redactor.contains_secret(item):
+                    raise StepError(f"{label}: refused: {field}[{i}] holds a secret; {ARGV_DELIVERY_ADVICE}",
+                                    retryable=False)  # fmt: skip
+
+    @staticmethod
+    def _refuse_dash_values(params: CommandParams, ctx: StepContext, label: str) -> None:
+        """A value that came from a template and starts with '-' would be read as an option: refuse it.
+
+        An element written with a literal leading '-' (`--name={{ x }}`) is the author's option; operands
+        after `--` (args with args_end_of_options) cannot be options. Needs the step's raw (unrendered)
+        parameters, which the engine passes in ctx.raw_params.
+        """
+        raw = ctx.raw_params or {}
+        if params.allow_dash_values:
+            return
+        checks = [("argv", params.argv, raw.get("argv"))]
+        if not params.args_end_of_options:
+            checks.append(("args", params.args, raw.get("args")))
+        for field, rendered, templ in checks:
+            if not isinstance(templ, list) or len(templ) != len(rendered):
+                continue
+            for i, (value, source) in enumerate(zip(rendered, templ, strict=True)):
+                if i == 0 and field == "argv":
+                    continue
+                if _is_template(source) and value.startswith("-") and not str(source).startswith("-"):
+                    shown = one_line(ctx.redactor.redact(value), 40)
+                    raise StepError(
+                        f"{label}: refused: {field}[{i}] = {shown!r} comes from a template and starts with "
+                        "'-', so the program would read it as an option; put operands in args: with "
+                        "args_end_of_options: true, or set allow_dash_values: true", retryable=False)  # fmt: skip
+
     def _local_argv(self, params: CommandParams) -> list[str]:
-        exe = resolve_executable(params.argv[0], self.settings.command_allow)
+        exe = resolve_executable(params.argv[0], self.settings.command_allow, pins=self._pins())
         tail = [*params.argv[1:], *(["--"] if params.args_end_of_options else []), *params.args]
         return [exe, *tail]
 
@@ -530,7 +703,8 @@ class Command(Step[CommandParams]):
             raise CommandRefused(f"host {host} is not in RUNBOT_COMMAND_SSH_HOSTS{empty}")
         return norm
 
-    def _ssh_argv(self, params: CommandParams) -> list[str]:
+    def _ssh_argv(self, params: CommandParams, element: Callable[[str], str] = str) -> list[str]:
+        """The ssh command line; `element` is applied to each remote element before it is quoted."""
         s = self.settings
         assert params.host is not None
         host = self._check_host(params.host, params.port)
@@ -568,13 +742,13 @@ class Command(Step[CommandParams]):
             cmd += ["-l", user]
         remote = [*params.argv, *(["--"] if params.args_end_of_options else []), *params.args]
         # The remote sshd hands the command line to the user's shell: quote every element, add nothing else.
-        return [*cmd, "--", host, *(shlex.quote(a) for a in remote)]
+        return [*cmd, "--", host, *(shlex.quote(element(a)) for a in remote)]
 
     # ---- output -----------------------------------------------------------------------------------------
 
     @staticmethod
     def _output(
-        argv: list[str], params: CommandParams, outcome: ProcessOutcome, ctx: StepContext
+        argv: list[str], params: CommandParams, outcome: ProcessOutcome, ctx: StepContext, limit: int
     ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "exit_code": outcome.returncode,
@@ -585,14 +759,15 @@ class Command(Step[CommandParams]):
             "host": params.host,
         }
         for name, cap in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
-            text, encoding = capture_text(bytes(cap.buf), truncated=cap.truncated)
+            data, truncated = redacted_capture(bytes(cap.buf), cap.total, limit, ctx.redactor)
+            text, encoding = capture_text(data, truncated=truncated)  # base64 only of masked bytes
             out[name] = text
             out[f"{name}_encoding"] = encoding
-            out[f"{name}_truncated"] = cap.truncated
+            out[f"{name}_truncated"] = truncated
             out[f"{name}_bytes"] = cap.total
         if params.parse_json:
             parsed: Any = None
-            if out["stdout_encoding"] == "text" and not outcome.stdout.truncated:
+            if out["stdout_encoding"] == "text" and not out["stdout_truncated"]:
                 with contextlib.suppress(ValueError):
                     parsed = json.loads(out["stdout"])
             out["json"] = parsed
@@ -600,9 +775,23 @@ class Command(Step[CommandParams]):
         return redacted
 
 
-def _last_line(cap: _Capture) -> str:
-    text = bytes(cap.buf).decode("utf-8", "replace").strip()
+def _last_line(cap: _Capture, red: Callable[[str], str]) -> str:
+    """The last line of a stream, masked before it is flattened and cut for a message."""
+    text = red(bytes(cap.buf).decode("utf-8", "replace")).strip()
     return text.splitlines()[-1] if text else ""
+
+
+ARGV_DELIVERY_ADVICE = (
+    "a secret in argv is readable by every local user (ps, /proc/PID/cmdline); deliver it with env: "
+    "(e.g. env: {PGPASSWORD: \"{{ secret('kv/db#password') }}\"}) or stdin:, or set secret_in_argv: "
+    "{allow: true, reason: \"...\"}"
+)
+
+
+def show_argv(argv: Sequence[str], limit: int = SHOWN_ARGV_CHARS) -> str:
+    """A command line for messages: an argv list (already redacted element by element), then cut."""
+    text = json.dumps(list(argv), ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _signal_name(num: int) -> str:

@@ -49,7 +49,9 @@ from pydantic import Field, field_validator, model_validator
 from runbot.domain import StepKind
 from runbot.durations import Duration
 from runbot.netpolicy import NetPolicy, PolicyError, ResolveError, ip_literal
+from runbot.redaction import Redactor
 from runbot.steps.base import Params, Step, StepContext, StepError, StepResult
+from runbot.tracing import inject_traceparent
 
 if TYPE_CHECKING:
     from runbot.settings import Settings
@@ -63,6 +65,7 @@ _ORIGIN_BOUND_HEADERS = ("authorization", "cookie", "proxy-authorization")
 _MANAGED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SENSITIVE_QUERY = re.compile(r"token|key|secret|pass|pwd|sig|auth|credential|session|code", re.IGNORECASE)
+_SENSITIVE_HEADER = re.compile(r"auth|token|key|secret|pass|session|cookie|sig|credential|csrf|xsrf", re.IGNORECASE)
 _STATIC_ORIGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)")
 MASK = "****"
 
@@ -152,6 +155,19 @@ def capture_text(data: bytes, *, truncated: bool, charset: str | None = None) ->
         return decoder.decode(data, final=not truncated), "text"
     except (UnicodeDecodeError, ValueError):
         return base64.b64encode(data).decode("ascii"), "base64"
+
+
+REDACTION_MARGIN = 65536  # bytes read beyond a capture cap, so a secret straddling the cut is masked whole
+
+
+def redacted_capture(data: bytes, total: int, cap: int, redactor: Redactor) -> tuple[bytes, bool]:
+    """Mask secrets in the raw bytes read (cap + REDACTION_MARGIN), *then* cut to `cap`.
+
+    Masking comes before any encoding (a body that is not UTF-8 is stored as base64, which the text
+    redactor could only find again by its cores) and before truncation (a cut secret is a partial leak).
+    """
+    masked = redactor.redact_bytes(data)
+    return masked[:cap], total > cap or len(masked) > cap
 
 
 def one_line(text: str, limit: int = 200) -> str:
@@ -384,9 +400,9 @@ class HttpRequest(Step[HttpRequestParams]):
                 )
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
             raise StepError(
-                red(f"{method} {display_url(params.url)}: invalid URL: {exc}"), retryable=False
+                red(f"{method} {display_url(red(params.url))}: invalid URL: {red(str(exc))}"), retryable=False
             ) from None
-        shown = red(display_url(url))
+        shown = self._shown_url(params, ctx.redactor)
         if not url.scheme or not url.host:
             msg = f"{method} {shown}: url must be absolute, starting with http:// or https://"
             raise StepError(msg, retryable=False)
@@ -417,7 +433,7 @@ class HttpRequest(Step[HttpRequestParams]):
                 try:
                     async with asyncio.timeout_at(deadline):
                         captured, redirects = await self._exchange(
-                            client, method, url, headers, content, max_redirects, cap, deadline
+                            client, method, url, headers, content, max_redirects, cap, deadline, ctx.redactor
                         )
                 except _Refused as exc:
                     raise StepError(red(f"{method} {shown}: {exc}"), retryable=False) from None
@@ -427,12 +443,12 @@ class HttpRequest(Step[HttpRequestParams]):
                     raise StepError(red(msg), retryable=True) from None
                 except (httpx.TransportError, ResolveError) as exc:
                     if _tls_verification_failed(exc):
-                        msg = f"{method} {shown}: TLS certificate verification failed: {one_line(str(exc), 200)}"
+                        msg = f"{method} {shown}: TLS certificate verification failed: {one_line(red(str(exc)), 200)}"
                         raise StepError(red(msg), retryable=False) from None
                     if isinstance(exc, httpx.TimeoutException):
                         reason = f"timed out ({type(exc).__name__})"
                     else:
-                        reason = one_line(str(exc) or type(exc).__name__)
+                        reason = one_line(red(str(exc)) or type(exc).__name__)
                     if self._may_retry(tries, params, deadline, 0.0):
                         await self._pause(ctx, tries, params, deadline, None, f"{method} {shown}: {reason}")
                         continue
@@ -441,7 +457,7 @@ class HttpRequest(Step[HttpRequestParams]):
                     ) from None
 
                 elapsed_ms = round((loop.time() - started) * 1000)
-                output = self._output(captured, method, redirects, tries, elapsed_ms, params, ctx)
+                output = self._output(captured, method, redirects, tries, elapsed_ms, params, ctx, cap, shown)
                 status = captured.status
                 ok = status in params.expect_status if params.expect_status else 200 <= status < 300
                 if not ok:
@@ -468,15 +484,37 @@ class HttpRequest(Step[HttpRequestParams]):
 
     # ---- request building ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _shown_url(params: HttpRequestParams, redactor: Redactor) -> str:
+        """The URL for messages and output, built from the *masked* inputs the same way the real one is.
+
+        Masking the URL httpx built would come too late: it re-encodes a spliced-in secret and splits it
+        at `&`, so no single form of it is left to find.
+        """
+        try:
+            twin = httpx.URL(redactor.redact(params.url.strip()))
+            if params.query:
+                twin = twin.copy_merge_params(
+                    {
+                        redactor.redact(k): [redactor.redact(_scalar_text(x)) for x in v]
+                        if isinstance(v, list) else redactor.redact(_scalar_text(v))
+                        for k, v in params.query.items()
+                    }
+                )
+        except (httpx.InvalidURL, TypeError, ValueError):
+            return redactor.redact(display_url(redactor.redact(params.url)))
+        return redactor.redact(display_url(twin))
+
     def _headers(self, params: HttpRequestParams, ctx: StepContext, url: httpx.URL) -> httpx.Headers:
         headers = httpx.Headers({"User-Agent": self.settings.http_user_agent, "Accept-Encoding": "identity"})
         if params.idempotency_header:
             headers[params.idempotency_header] = ctx.idempotency_key
-        if url.userinfo:
-            token = base64.b64encode(url.userinfo).decode("ascii")
+        if url.userinfo:  # RFC 7617: the decoded user and password, not their percent-encoded URL form
+            token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
             headers["Authorization"] = f"Basic {token}"
         for k, v in params.headers.items():
             headers[k] = v
+        inject_traceparent(headers)  # W3C trace context of the step's span, when tracing is on
         return headers
 
     @staticmethod
@@ -513,28 +551,35 @@ class HttpRequest(Step[HttpRequestParams]):
         max_redirects: int,
         cap: int,
         deadline: float,
+        redactor: Redactor,
     ) -> tuple[_Captured, list[str]]:
         """One logical request: check, resolve, send to the checked address, follow redirects manually."""
         redirects: list[str] = []
         loop = asyncio.get_running_loop()
+
+        def shown(u: httpx.URL | str) -> str:  # a server-given URL: masked before display_url decodes it
+            return redactor.redact(display_url(redactor.redact(str(u))))
+
         while True:
             try:
                 target = self.policy.check_url(url)
                 addrs = await self.policy.resolve(target.host, target.port, timeout=deadline - loop.time())
             except PolicyError as exc:
                 if redirects:
-                    raise _Refused(f"redirect to {display_url(url)} refused: {exc}") from None
+                    raise _Refused(f"redirect to {shown(url)} refused: {exc}") from None
                 raise _Refused(f"refused by outbound policy: {exc}") from None
-            captured = await self._send_pinned(client, method, url, addrs, headers, content, cap, deadline)
+            captured = await self._send_pinned(
+                client, method, url, addrs, headers, content, cap + REDACTION_MARGIN, deadline
+            )
             location = captured.headers.get("location")
             if max_redirects < 0 or captured.status not in REDIRECT_STATUSES or not location:
                 return captured, redirects
             if len(redirects) >= max_redirects:
-                raise _Refused(f"more than {max_redirects} redirects (last to {display_url(location)})")
+                raise _Refused(f"more than {max_redirects} redirects (last to {shown(location)})")
             try:
                 nxt = url.join(location)
             except (httpx.InvalidURL, ValueError):
-                raise _Refused(f"invalid redirect location {one_line(location, 100)!r}") from None
+                raise _Refused(f"invalid redirect location {one_line(redactor.redact(location), 100)!r}") from None
             if (captured.status == 303 and method != "HEAD") or (
                 captured.status in (301, 302) and method == "POST"
             ):
@@ -542,10 +587,13 @@ class HttpRequest(Step[HttpRequestParams]):
                 headers = headers.copy()
                 headers.pop("content-type", None)
             if (nxt.scheme, nxt.host, nxt.port) != (url.scheme, url.host, url.port):
-                headers = headers.copy()
-                for h in _ORIGIN_BOUND_HEADERS:
-                    headers.pop(h, None)
-            redirects.append(display_url(nxt))
+                if content is not None:  # 307/308 (or 301/302 after PUT, ...) would resend the body elsewhere
+                    raise _Refused(
+                        f"HTTP {captured.status} redirect to another origin ({shown(nxt)}) would resend "
+                        "the request body there; refused (call that URL directly if it is meant)"
+                    )
+                headers = _same_origin_only(headers, redactor)
+            redirects.append(shown(nxt))
             url = nxt.copy_with(userinfo=b"") if nxt.userinfo else nxt
 
     async def _send_pinned(
@@ -626,12 +674,17 @@ class HttpRequest(Step[HttpRequestParams]):
         elapsed_ms: int,
         params: HttpRequestParams,
         ctx: StepContext,
+        limit: int,
+        shown: str,
     ) -> dict[str, Any]:
         content_type = cap.headers.get("content-type", "")
         charset = _charset(content_type)
-        text, encoding = capture_text(cap.body, truncated=cap.truncated, charset=charset)
+        extra = 1 if cap.truncated else 0  # more was sent than was read
+        body, truncated = redacted_capture(cap.body, len(cap.body) + extra, limit, ctx.redactor)
+        cap.body, cap.truncated = body, truncated  # what _check_json looks at
+        text, encoding = capture_text(body, truncated=truncated, charset=charset)  # base64 of masked bytes
         parsed: Any = None
-        if encoding == "text" and not cap.truncated and (_is_json_type(content_type) or params.expect_json):
+        if encoding == "text" and not truncated and (_is_json_type(content_type) or params.expect_json):
             try:
                 parsed = json.loads(text)
             except ValueError:
@@ -644,7 +697,7 @@ class HttpRequest(Step[HttpRequestParams]):
         out = {
             "status": cap.status,
             "method": method,
-            "url": display_url(cap.url),
+            "url": redirects[-1] if redirects else shown,
             "headers": headers,
             "body": text,
             "body_encoding": encoding,
@@ -676,6 +729,18 @@ class HttpRequest(Step[HttpRequestParams]):
                 want = one_line(json.dumps(wanted, ensure_ascii=False, default=str), 100)
                 return f"expect_json: {path} is {got}, expected {want}"
         return None
+
+
+def _same_origin_only(headers: httpx.Headers, redactor: Redactor) -> httpx.Headers:
+    """Headers for a hop to another origin: no credentials (Authorization, cookies), no header whose name
+    says it carries one (X-Api-Key, X-Auth-Token, ...), and no header holding a registered secret."""
+    kept = headers.copy()
+    for name, value in headers.items():
+        low = name.lower()
+        credential = low in _ORIGIN_BOUND_HEADERS or _SENSITIVE_HEADER.search(low) is not None
+        if low != "idempotency-key" and (credential or redactor.contains_secret(value)):
+            kept.pop(name, None)
+    return kept
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:

@@ -9,7 +9,12 @@ revoked when it ends), and returns *placeholders*, not values:
     - id: check
       type: command
       with:
-        argv: [psql, "postgresql://{{ steps.db.username }}:{{ steps.db.password }}@db/app", -c, "select 1"]
+        argv: [psql, "host=db dbname=app", -c, "select 1"]
+        env: {PGUSER: "{{ steps.db.username }}", PGPASSWORD: "{{ steps.db.password }}"}
+
+Deliver the values through `env:` or `stdin:`, never `argv`: every local user can read a process's argv
+(`ps`, /proc/PID/cmdline), and the command step refuses a secret there unless the step says
+`secret_in_argv: {allow: true, reason: ...}`.
 
 `steps.db.username` is `⟦secret:lease:<lease_id>#username⟧`; the engine swaps in the value only when a later
 step runs (as with `secret()`), and every value is registered with the run's redactor. So the stored step

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -18,7 +20,11 @@ from sqlalchemy.pool import NullPool
 
 from runbot.store.raw import Raw
 
+log = structlog.get_logger("runbot.store")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_lock key serializing `alembic upgrade` across processes: any fixed bigint, ours is b"runbotdb"
+MIGRATION_LOCK_KEY = int.from_bytes(b"runbotdb", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -57,7 +63,7 @@ class Database:
         if self.is_sqlite:
             path = sqlite_file(url)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                private_sqlite_file(path)
             self.engine: Engine = create_engine(
                 url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size, max_overflow=20
             )
@@ -144,7 +150,30 @@ class Database:
             command.upgrade(cfg, "head")
             eng.dispose()
         else:
-            command.upgrade(self.alembic_config(), "head")
+            self._upgrade_postgresql()
+
+    def _upgrade_postgresql(self) -> None:
+        """Replicas starting together on one database: the first to take the advisory lock migrates, the
+        others wait for it, then see the schema at head and do nothing (alembic itself has no such lock)."""
+        head = self.head_revision()
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()  # the lock belongs to the session; the migration runs in transactions of its own
+            try:
+                current = MigrationContext.configure(conn).get_current_revision()  # read after the lock
+                if current == head:
+                    conn.rollback()
+                    return
+                conn.rollback()
+                log.info("migrating the database schema", from_revision=current, to_revision=head)
+                cfg = self.alembic_config()
+                cfg.attributes["connection"] = conn  # the locked session migrates (see migrations/env.py)
+                command.upgrade(cfg, "head")
+            finally:
+                with contextlib.suppress(Exception):  # a broken session has dropped the lock with it
+                    conn.rollback()
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    conn.commit()
 
     def current_revision(self) -> str | None:
         with self.engine.connect() as conn:
@@ -162,6 +191,35 @@ class Database:
         for c in conns:
             _close_raw(c)
         self.engine.dispose()
+
+
+def private_sqlite_file(path: Path) -> None:
+    """The SQLite database readable and writable by this user only, whatever the umask.
+
+    The database holds step outputs, approvals and the audit trail. Directories runbot creates for it are 0700
+    and the file is created 0600 before SQLite opens it; SQLite gives the -wal and -shm files it creates the
+    database file's mode (it fchmods them past the umask). A file or its -wal/-shm left group- or
+    world-readable by an earlier version is tightened (if it is ours).
+    """
+    missing = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+            os.chmod(d, 0o700)  # mkdir's mode passes through the umask
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(path, 0o600)
+    except FileExistsError:
+        pass
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            if st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(f, st.st_mode & 0o700)
 
 
 def _close_raw(conn: Any, invalidate: bool = False) -> None:

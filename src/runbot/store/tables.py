@@ -44,11 +44,14 @@ class Incident(SQLModel, table=True):
     resolved_at: datetime | None = _dt()
     updated_at: datetime = _dt(nullable=False)
     reopened: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # times a flapping alert reopened it
+    # --- receivers are tenants (0006): an incident belongs to the Alertmanager receiver whose alerts opened it ---
+    receiver: str = Field(default="", sa_column_kwargs={"server_default": ""})
 
 
 class Alert(SQLModel, table=True):
     __tablename__ = "alerts"
-    __table_args__ = (UniqueConstraint("fingerprint", "starts_at"),)
+    # an alert is its (receiver, fingerprint, startsAt): one receiver can neither repeat nor resolve another's (0006)
+    __table_args__ = (UniqueConstraint("receiver", "fingerprint", "starts_at", name="uq_alerts_receiver_fingerprint_starts"),)
     id: str = Field(primary_key=True)
     fingerprint: str = Field(index=True)
     starts_at: datetime = _dt(nullable=False)
@@ -59,7 +62,7 @@ class Alert(SQLModel, table=True):
     annotations: dict[str, Any] | None = _json()
     generator_url: str | None = None
     incident_id: str | None = Field(default=None, index=True)
-    receiver: str | None = None
+    receiver: str = Field(default="", sa_column_kwargs={"server_default": ""})  # unquoted Alertmanager receiver name
     received_at: datetime = _dt(nullable=False)
     updated_at: datetime = _dt(nullable=False)
     matched: bool | None = Field(default=None, description="None until matching ran")
@@ -68,6 +71,9 @@ class Alert(SQLModel, table=True):
     group_labels: dict[str, Any] | None = _json()
     pending_since: datetime | None = _dt(index=True)  # set while the intake worker still has to look at it
     note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # what intake decided, and why
+    # fields beyond Alertmanager's, as the sender sent them (Grafana: dashboardURL, panelURL, silenceURL, imageURL,
+    # values, valueString); None for Alertmanager alerts (0006)
+    extras: dict[str, Any] | None = _json()
 
 
 class Run(SQLModel, table=True):
@@ -162,6 +168,8 @@ class ApprovalVote(SQLModel, table=True):
     approval_id: str = Field(index=True)
     user_id: str
     user_name: str | None = None
+    person: str | None = None  # who counts for min_approvals and self-approval (engine/approvals.py)
+    on_behalf_of: str | None = None  # CLI `--as NAME`: recorded, never the identity
     decision: str  # approve | deny
     reason: str | None = None
     at: datetime = _dt(nullable=False)
@@ -294,6 +302,21 @@ class WebhookDelivery(SQLModel, table=True):
     new: int | None = None  # alerts stored for the first time, or resolutions recorded
     duplicates: int | None = None  # repeats of what was already stored
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # why it could not be unpacked
+
+
+class WebhookDeliveryProgress(SQLModel, table=True):
+    """How far a big delivery is unpacked: its next slice starts at `unpacked` (0006).
+
+    Written in the transaction of each slice, so a crash resumes at the next one; deleted when the delivery
+    is done. Kept apart from the delivery row because SQLite rewrites a whole row on update, and that row
+    holds the body (up to 4 MiB): a counter there cost ~25 ms per slice.
+    """
+
+    __tablename__ = "webhook_delivery_progress"
+    delivery_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    unpacked: int
+    new: int
+    duplicates: int
 
 
 class WebhookReject(SQLModel, table=True):

@@ -78,13 +78,13 @@ def test_fire_the_examples_and_inspect_alerts_and_incidents(tmp_path):
 
         listing = ok(cli(srv, "alerts", "list"))
         assert "web-2:9100" in listing and "unhandled: no runbook matches" in listing
-        assert len(json.loads(ok(cli(srv, "alerts", "list", "--unhandled", "--json")))) == 1
+        assert len(json.loads(ok(cli(srv, "alerts", "list", "--unhandled", "--output", "json")))) == 1
         assert "HighDiskUsage: /var on web-1 is 93% full" in ok(cli(srv, "incidents", "list"))
-        [inc] = json.loads(ok(cli(srv, "incidents", "list", "--json")))
+        [inc] = json.loads(ok(cli(srv, "incidents", "list", "--output", "json")))
         assert inc["alerts_firing"] == 3 and inc["runs"] == 2
         shown = ok(cli(srv, "incidents", "show", inc["id"][:5]))
         assert "db-1:9100" in shown and shown.count("(awaiting approval)") == 2
-        detail = json.loads(ok(cli(srv, "incidents", "show", inc["id"], "--json")))
+        detail = json.loads(ok(cli(srv, "incidents", "show", inc["id"], "-o", "json")))
         assert {a["status"] for a in detail["alerts"]} == {"firing"}
 
         fresh = ok(cli(srv, "fire", "--fresh", str(EXAMPLES / "disk-usage-firing.json")))
@@ -100,7 +100,7 @@ def test_fire_the_examples_and_inspect_alerts_and_incidents(tmp_path):
         (tmp_path / "resolved.json").write_text(json.dumps(body))
         assert '"new": 1' in ok(cli(srv, "fire", str(tmp_path / "resolved.json")))
         wait_settled(srv, alerts=4, runs=3)
-        [inc] = json.loads(ok(cli(srv, "incidents", "list", "--json")))
+        [inc] = json.loads(ok(cli(srv, "incidents", "list", "--output", "json")))
         assert inc["status"] == "resolved"  # every alert resolved: the pending cleanups were cancelled
         assert sorted(r["status"] for r in srv.api("/api/v1/runs")["runs"]) == ["cancelled", "cancelled", "skipped"]
 

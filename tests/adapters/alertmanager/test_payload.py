@@ -65,7 +65,7 @@ def test_another_version_is_refused_by_name(version):
     with pytest.raises(PayloadError) as e:
         parse(body(p))
     assert e.value.status == 422
-    assert e.value.problems == [{"field": "version", "message": "must be '4'"}]
+    assert e.value.problems == [{"field": "version", "message": "must be '4' (or '1' from Grafana)"}]
     assert "version 4" in e.value.message
 
 

@@ -122,7 +122,7 @@ def test_malformed_json_gets_400_and_the_body_is_kept(make_bot):
 def test_a_wrong_version_gets_422_naming_the_field(make_bot):
     bot = make_bot()
     body = refused(bot, 422, json.dumps({**payload(alert()), "version": "5"}).encode())
-    assert body["problems"] == [{"field": "version", "message": "must be '4'"}]
+    assert body["problems"] == [{"field": "version", "message": "must be '4' (or '1' from Grafana)"}]
     assert len(bot.rows(REJECTS)) == 1
 
 

@@ -17,6 +17,8 @@ from .harness import Bots, standard_fake
 def fake() -> Iterator[FakeSlack]:
     with standard_fake() as f:
         yield f
+    # the fake refuses like Slack: a test passes only if runbot sent nothing Slack would have refused
+    assert f.refusals == [], f.refusals
 
 
 @pytest.fixture

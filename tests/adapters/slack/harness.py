@@ -129,7 +129,7 @@ class Bot:
             data_dir=self.home / "data", runbooks_dir=self.books_dir, poll_interval=0.05, lease_seconds=5,
             engine_workers=4, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET,
             slack_api_url=self.fake.api_url, slack_default_channel="#ops", slack_escalation_channel="#sre-escalations",
-            slack_outbox_poll=0.05, slack_run_allow={"*": ["sre-oncall"]}, slack_operators=[ALICE.id],
+            slack_outbox_poll=0.05, slack_rate_scale=20.0, slack_run_allow={"*": ["sre-oncall"]}, slack_operators=[ALICE.id],
             http_allow_hosts=[self.target.netloc], http_allow_cidrs=["127.0.0.0/8"],
         )  # fmt: skip
         base.update(self.overrides)

@@ -76,7 +76,7 @@ def test_a_non_member_is_refused_and_nothing_runs(bots: Bots) -> None:
     assert rollbacks(bot) == 0 and bot.approval(run_id)["status"] == "pending"
     with bot.rt.db.read() as conn:
         refused = conn.execute(select(EVENTS.c.actor).where(EVENTS.c.action == "approval.refused")).scalars().all()
-    assert refused == [f"slack:{CAROL.id}"]
+    assert refused == [f"slack:{CAROL.team}/{CAROL.id}"]  # a stable id: team and user, never the name
 
 
 def test_a_user_of_another_workspace_is_refused(bots: Bots) -> None:
@@ -233,8 +233,9 @@ def test_a_non_member_gets_no_deny_form(bots: Bots) -> None:
 
 
 def test_approvers_can_come_from_an_alert_label(bots: Bots) -> None:
-    bot = start(bots, approvers={"from_labels": ["owner"]})
-    run_id = bot.alert_run("api-errors", labels={"owner": "sre-leads"})
+    table = {"approval_label_groups": {"team-leads": ["sre-leads"]}}  # the label value only picks a row here
+    bot = start(bots, table, approvers={"from_labels": ["owner"]})
+    run_id = bot.alert_run("api-errors", labels={"owner": "team-leads"})
     aid = bot.approval_id(bot.approval_message(run_id))
     _, rurl = bot.click(APPROVE_ACTION, aid, ALICE)
     assert "not one of the approvers" in bot.answer(rurl)

@@ -37,12 +37,23 @@ def test_group_members_are_cached_briefly_then_looked_up_again(fake: FakeSlack) 
     assert not az.member_of_any(alice, ["sre-oncall"])
 
 
-def test_names_ids_aliases_and_anyone(fake: FakeSlack) -> None:
+def test_ids_aliases_and_anyone_match_but_user_names_never_do(fake: FakeSlack) -> None:
     az = authorizer(fake, slack_usergroup_map={"team-api": "sre-oncall"})
     bob, carol = Actor("U0BOB", "bob", "T0TEAM"), Actor("U0CAROL", "carol", "T0TEAM")
     assert az.member_of_any(bob, ["team-api"]) and not az.member_of_any(carol, ["team-api"])
-    assert az.member_of_any(carol, ["U0CAROL"]) and az.member_of_any(carol, ["carol"]) and az.member_of_any(carol, ["*"])
+    assert az.member_of_any(carol, ["U0CAROL"]) and az.member_of_any(carol, ["slack:T0TEAM/U0CAROL"])
+    assert az.member_of_any(carol, ["*"])  # only where an admin wrote it in a setting (run RBAC, freeze)
+    assert not az.member_of_any(carol, ["carol"]) and not az.member_of_any(carol, ["@carol"])
     assert not az.member_of_any(carol, ["no-such-group"])
+
+
+def test_a_user_named_like_the_approver_group_is_not_in_it(fake: FakeSlack) -> None:
+    fake.add_user("U0IMPOSTOR", "sre-oncall", team_id="T0TEAM")
+    az = authorizer(fake)
+    impostor = Actor("U0IMPOSTOR", "sre-oncall", "T0TEAM")
+    assert not az.member_of_any(impostor, ["sre-oncall"]) and not az.member_of_any(impostor, ["@sre-oncall"])
+    appr = {"policy": {"slack_usergroups": ["sre-oncall"]}}
+    assert "not one of the approvers for this step (sre-oncall)" in str(az.approval_problem(impostor, appr))
 
 
 def test_workspace_and_org_are_checked(fake: FakeSlack) -> None:

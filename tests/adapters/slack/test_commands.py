@@ -62,6 +62,7 @@ def runs_of(bot: Bot, name: str) -> list[dict]:
     ("frobnicate", "Unknown command `frobnicate`"),
     ("run", "Which runbook?"),
     ("run nope", "No runbook named `nope`"),
+    ("run <b&d>", "No runbook named `&lt;b&amp;d&gt;`"),  # escaped once, not twice (`&amp;lt;`)
     ("run api-errors oops", "Parameters are key=value"),
     ("approve", "Usage: `approve RUN [STEP]`"),
     ("status r-does-not-exist", "no run 'r-does-not-exist'"),
@@ -85,7 +86,7 @@ def test_run_starts_a_manual_run_only_for_people_allowed_to(bot: Bot) -> None:
     text = say(bot, "run api-errors", ALICE)["text"]
     assert "Started `api-errors` as run" in text
     run = runs_of(bot, "api-errors")[0]
-    assert run["requester"] == f"slack:{ALICE.id}" and run["manual"]
+    assert run["requester"] == f"slack:{ALICE.team}/{ALICE.id}" and run["manual"]  # user id and team
 
 
 def test_run_without_parameters_opens_a_form_and_its_submission_starts_the_run(bot: Bot) -> None:
@@ -105,7 +106,7 @@ def test_run_without_parameters_opens_a_form_and_its_submission_starts_the_run(b
                                       blocks=blocks)  # fmt: skip
     assert bot.post(interactive_body(payload)).status_code == 200
     run = bot.wait_for(lambda: runs_of(bot, "with-params"), what="run created")[0]
-    assert run["params"] == {"count": 3, "mode": "hard"} and run["requester"] == f"slack:{BOB.id}"
+    assert run["params"] == {"count": 3, "mode": "hard"} and run["requester"] == f"slack:{BOB.team}/{BOB.id}"
 
 
 def test_run_with_parameters_on_the_command_line(bot: Bot) -> None:
@@ -144,9 +145,11 @@ def test_cancel_needs_an_operator_or_someone_allowed_to_run_it(bot: Bot) -> None
 
 
 def test_freeze_holds_remediations_but_not_diagnostics_and_is_announced_and_audited(bot: Bot) -> None:
-    assert "Remediations are frozen" in say(bot, "freeze db failover in progress", CAROL)["text"]
-    assert freeze_state(bot.rt.db)["by"] == f"slack:{CAROL.id}"
-    bot.wait_for(lambda: any("frozen* by <@U0CAROL>" in m.all_text() for m in bot.fake.roots("C0OPS")),
+    assert "You may not freeze" in say(bot, "freeze because I can", CAROL)["text"]  # not anyone by default
+    assert freeze_state(bot.rt.db) is None
+    assert "Remediations are frozen" in say(bot, "freeze db failover in progress", ALICE)["text"]  # an operator
+    assert freeze_state(bot.rt.db)["by"] == f"slack:{ALICE.team}/{ALICE.id}"
+    bot.wait_for(lambda: any("frozen* by <@U0ALICE>" in m.all_text() for m in bot.fake.roots("C0OPS")),
                  what="freeze announced")  # fmt: skip
     run_id = bot.alert_run("unattended")
     root = bot.root(run_id)
@@ -162,7 +165,8 @@ def test_freeze_holds_remediations_but_not_diagnostics_and_is_announced_and_audi
     assert bot.target.calls("/rollback") == 1
     with bot.rt.db.read() as conn:
         acts = conn.execute(select(EVENTS.c.action, EVENTS.c.actor).where(EVENTS.c.action.like("freeze.%"))).all()
-    assert [tuple(a) for a in acts] == [("freeze.on", f"slack:{CAROL.id}"), ("freeze.off", f"slack:{ALICE.id}")]
+    alice = f"slack:{ALICE.team}/{ALICE.id}"
+    assert [tuple(a) for a in acts] == [("freeze.on", alice), ("freeze.off", alice)]
     bot.wait_for(lambda: any("unfrozen* by <@U0ALICE>" in m.all_text() for m in bot.fake.roots("C0OPS")),
                  what="unfreeze announced")  # fmt: skip
 

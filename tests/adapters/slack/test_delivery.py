@@ -50,7 +50,9 @@ def test_rate_limits_and_server_errors_delay_messages_but_lose_none(bots: Bots, 
     replies = [m.all_text() for m in fake.thread("C0OPS", roots[0].ts)]
     assert [any(f"check_{i}" in r for r in replies) for i in range(3)] == [True] * 3
     assert any("finished: *succeeded*" in r for r in replies)
-    assert len(replies) == 4  # three results and the end: nothing twice
+    # three results (merged into one reply when they are due together) and the end: nothing twice
+    assert [sum(f"*check_{i}*" in r for r in replies) for i in range(3)] == [1, 1, 1]
+    assert sum("finished: *succeeded*" in r for r in replies) == 1
     bot.wait_for(lambda: "[succeeded]" in fake.message("C0OPS", roots[0].ts).text, what="root shows the end")
     retried = [r for r in outbox(bot) if r["attempts"] > 1]
     assert retried and all(r["last_error"] is None for r in outbox(bot) if r["delivered_at"] and r["attempts"] == 1)
@@ -189,3 +191,32 @@ def test_the_postmortem_draft_is_posted_in_the_incident_thread_when_it_resolves(
     uploads = [m for m in bots.fake.thread(root.channel, root.ts) if m.files]
     assert any(f.get("title") == "Postmortem draft: inc-42" for m in uploads for f in m.files)
     assert incident_resolved(bot.rt, "inc-42") is None, "one draft per incident"
+
+
+def test_a_storm_of_runs_in_one_incident_gets_one_summary_not_a_thread_per_run(bots: Bots) -> None:
+    from runbot.engine.state import INCIDENTS
+
+    bot = bots.start({"api-errors": runbook("api-errors", [diagnostic(bots.target), remediation(bots.target)])},
+                     slack_storm_threads=2)  # fmt: skip
+    now = utcnow()
+    with bot.rt.db.tx() as conn:
+        conn.execute(INCIDENTS.insert().values(id="inc-storm", group_key="g", status="open", title="HighErrorRate",
+                                               opened_at=now, updated_at=now))  # fmt: skip
+    runs = [bot.alert_run("api-errors", incident_id="inc-storm") for _ in range(6)]
+    fake = bots.fake
+    fake.wait_until(lambda: len([m for m in fake.messages() if APPROVE_ACTION in str(m.blocks)]) == 6, timeout=20,
+                    what="every run's approval request posted")  # fmt: skip
+    roots = fake.roots("C0OPS")
+    summary = [m for m in roots if m.text.startswith("Incident inc-storm")]
+    assert len(roots) == 3 and len(summary) == 1  # two threads of their own, then one summary for the rest
+    in_summary = [m for m in fake.thread("C0OPS", summary[0].ts) if APPROVE_ACTION in str(m.blocks)]
+    assert len(in_summary) == 4
+    for m in [m for m in fake.messages() if APPROVE_ACTION in str(m.blocks)]:  # every request is actionable
+        _, rurl = bot.click(APPROVE_ACTION, bot.approval_id(m), ALICE, message_ts=m.ts)
+        assert "Approved" in bot.answer(rurl)
+    for r in runs:
+        bot.wait_run(r, "succeeded")
+    fake.wait_until(lambda: all("Approved* by" in fake.message("C0OPS", m.ts).all_text() for m in in_summary),
+                    what="decisions shown on the approval messages")  # fmt: skip
+    fake.wait_until(lambda: "6 runs, 6 finished" in fake.message("C0OPS", summary[0].ts).text,
+                    what="the summary keeps itself up to date")  # fmt: skip

@@ -24,6 +24,7 @@ def reload_runbooks(rt: Runtime, actor: str) -> dict[str, Any]:
     """Reload the runbook directory; in-flight runs keep the version they started with."""
     with _reload_lock:
         problems = rt.catalog.reload()
+        rt.catalog.log_broken()
         names = sorted(b.name for b in rt.catalog.all())
         with rt.db.tx() as conn:
             append(conn, [Event("runbooks.reloaded", actor=actor, outcome="ok" if not problems else "partial",

@@ -1,4 +1,7 @@
-"""Incidents: one per Alertmanager group (groupKey) while it fires; reopened when an alert flaps.
+"""Incidents: one per Alertmanager group (receiver, groupKey) while it fires; reopened when an alert flaps.
+
+Receivers are tenants: an incident belongs to one receiver, and only that receiver's alerts join, reopen or
+resolve it (a groupKey or fingerprint sent by another receiver never reaches it).
 
 All functions run inside the intake transaction and return the audit events they imply, so an incident's
 state and its audit record commit together.
@@ -30,7 +33,7 @@ class Touched:
     """What one intake batch did to incidents, for the audit trail and the caller's bookkeeping."""
 
     events: list[Event] = field(default_factory=list)
-    open_by_group: dict[str, str] = field(default_factory=dict)
+    open_by_group: dict[tuple[str, str], str] = field(default_factory=dict)  # (receiver, group) -> incident
     to_check: set[str] = field(default_factory=set)  # incidents that may now be fully resolved
 
 
@@ -46,13 +49,16 @@ def incident_for(conn: Connection, row: dict[str, Any], now: datetime, flap_seco
     Set flap_seconds to 0 for an alert that is already resolved: it never reopens anything.
     """
     group = row["group_key"] or f"fingerprint:{row['fingerprint']}"
-    cached = t.open_by_group.get(group)
+    receiver = row["receiver"] or ""
+    key = (receiver, group)
+    cached = t.open_by_group.get(key)
     if cached is not None:
         return cached
-    inc = conn.execute(select(INCIDENTS.c.id).where(INCIDENTS.c.group_key == group, INCIDENTS.c.status == OPEN)
+    inc = conn.execute(select(INCIDENTS.c.id).where(INCIDENTS.c.group_key == group, INCIDENTS.c.receiver == receiver,
+                                                    INCIDENTS.c.status == OPEN)
                        .order_by(INCIDENTS.c.opened_at.desc()).limit(1)).first()  # fmt: skip
     if inc is not None:
-        t.open_by_group[group] = inc.id
+        t.open_by_group[key] = inc.id
         return str(inc.id)
     flapped = _flapped_incident(conn, row, now, flap_seconds)
     if flapped is not None:
@@ -63,17 +69,18 @@ def incident_for(conn: Connection, row: dict[str, Any], now: datetime, flap_seco
                                        "resolved_at": flapped["resolved_at"].isoformat(),
                                        "reason": f"alert fired again within {flap_seconds:g}s of resolving"}))  # fmt: skip
         if flapped["group_key"] == group:
-            t.open_by_group[group] = flapped["id"]
+            t.open_by_group[key] = flapped["id"]
         return str(flapped["id"])
     labels = row["group_labels"] or row["labels"] or {}
     inc_id = new_id("i")
     conn.execute(insert(INCIDENTS).values(
-        id=inc_id, group_key=group, status=OPEN, title=title_for(row["labels"] or {}, row["annotations"] or {}),
+        id=inc_id, group_key=group, receiver=receiver, status=OPEN, title=title_for(row["labels"] or {}, row["annotations"] or {}),
         severity=(row["labels"] or {}).get("severity"), labels=labels, opened_at=now, resolved_at=None,
         updated_at=now, reopened=0))  # fmt: skip
     t.events.append(Event("incident.opened", actor="alertmanager", incident_id=inc_id, outcome=OPEN,
-                          details={"group_key": group, "labels": labels, "alert_id": row["id"]}))  # fmt: skip
-    t.open_by_group[group] = inc_id
+                          details={"group_key": group, "receiver": receiver, "labels": labels,
+                                   "alert_id": row["id"]}))  # fmt: skip
+    t.open_by_group[key] = inc_id
     return inc_id
 
 
@@ -82,11 +89,22 @@ def _flapped_incident(conn: Connection, row: dict[str, Any], now: datetime, flap
         return None
     prev = conn.execute(
         select(INCIDENTS).join(ALERTS, ALERTS.c.incident_id == INCIDENTS.c.id)
-        .where(ALERTS.c.fingerprint == row["fingerprint"], ALERTS.c.id != row["id"],
+        .where(ALERTS.c.fingerprint == row["fingerprint"], ALERTS.c.receiver == (row["receiver"] or ""),
+               INCIDENTS.c.receiver == (row["receiver"] or ""), ALERTS.c.id != row["id"],
                INCIDENTS.c.status == RESOLVED, INCIDENTS.c.resolved_at >= now - timedelta(seconds=flap_seconds))
         .order_by(INCIDENTS.c.resolved_at.desc()).limit(1)
     ).mappings().first()  # fmt: skip
     return dict(prev) if prev else None
+
+
+def owners_elsewhere(conn: Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same alert (fingerprint, startsAt) as other receivers hold it: what a resolution from this
+    receiver may not touch (their receiver, status and incident)."""
+    q = (select(ALERTS.c.receiver, ALERTS.c.status, ALERTS.c.incident_id)
+         .where(ALERTS.c.fingerprint == row["fingerprint"], ALERTS.c.starts_at == row["starts_at"],
+                ALERTS.c.receiver != (row["receiver"] or ""))
+         .order_by(ALERTS.c.receiver).limit(10))  # fmt: skip
+    return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def resolve_if_done(conn: Connection, engine: Engine, incident_id: str, now: datetime, t: Touched) -> bool:
@@ -96,7 +114,7 @@ def resolve_if_done(conn: Connection, engine: Engine, incident_id: str, now: dat
         return False
     firing = conn.execute(select(func.count()).select_from(ALERTS).where(
         ALERTS.c.status == "firing",
-        (ALERTS.c.incident_id == incident_id) | and_(ALERTS.c.incident_id.is_(None),
+        (ALERTS.c.incident_id == incident_id) | and_(ALERTS.c.incident_id.is_(None), ALERTS.c.receiver == inc["receiver"],
                                                      ALERTS.c.group_key == inc["group_key"]),
     )).scalar_one()  # fmt: skip
     if firing:

@@ -30,6 +30,7 @@ from runbot.store.types import utcnow
 log = structlog.get_logger("runbot.intake")
 DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
 REJECTS = tables.WebhookReject.__table__  # type: ignore[attr-defined]
+PROGRESS = tables.WebhookDeliveryProgress.__table__  # type: ignore[attr-defined]
 _SQLITE_CHUNK = 500  # rows per statement (4 variables each)
 
 
@@ -62,8 +63,14 @@ def store_deliveries(conn: Connection | Raw, jobs: list[tuple[str | None, int, b
 
 def pending_alerts(conn: Connection) -> int:
     """Alerts accepted but not yet unpacked (the backlog)."""
-    d = DELIVERIES.c
-    return int(conn.execute(select(func.coalesce(func.sum(d.alerts), 0)).where(d.processed_at.is_(None))).scalar() or 0)
+    return int(conn.execute(pending_alerts_query()).scalar() or 0)
+
+
+def pending_alerts_query() -> Any:
+    """SELECT of the backlog: alerts of deliveries not done, less the slices of big ones already unpacked."""
+    d, p = DELIVERIES.c, PROGRESS.c
+    left = func.coalesce(func.sum(d.alerts - func.coalesce(p.unpacked, 0)), 0)
+    return select(left).select_from(DELIVERIES.outerjoin(PROGRESS, p.delivery_id == d.id)).where(d.processed_at.is_(None))
 
 
 class Backlog:
@@ -97,7 +104,9 @@ class WriteGate:
     Without it the webhook writer and the intake worker meet in SQLite's busy handler, which sleeps in
     growing steps (up to 100 ms) instead of waking when the lock frees; and a worker catching up on a
     backlog would keep delaying acknowledgements. With it the worker only starts a transaction while no
-    webhook commit is waiting (the backlog is durable, acknowledgements are what a sender times out on).
+    webhook commit is waiting (the backlog is durable, acknowledgements are what a sender times out on), and
+    holds it for one bounded batch (a slice of a big notification), so an acknowledgement waits at most that long.
+    On PostgreSQL the webhook writer does not take it at all.
     """
 
     def __init__(self) -> None:
@@ -214,9 +223,14 @@ class DeliveryWriter:
         # a pooled connection, committing synchronously (raw_tx's connection commits asynchronously there).
         return self.db.raw_tx() if self.db.is_sqlite else self.db.tx()
 
+    def _gate(self) -> contextlib.AbstractContextManager[None]:
+        # SQLite has one writer: take turns with the intake worker (webhook first). PostgreSQL has no such lock:
+        # a delivery insert conflicts with nothing the worker holds, so an acknowledgement never waits for a batch.
+        return self.gate.urgent() if self.db.is_sqlite else contextlib.nullcontext()
+
     def _write(self, jobs: list[_Job]) -> None:
         try:
-            with self.gate.urgent(), self._transaction() as conn:
+            with self._gate(), self._transaction() as conn:
                 results: list[int | BaseException] = list(
                     store_deliveries(conn, [(j.receiver, j.alerts, j.body) for j in jobs], utcnow()))
         except Exception as exc:

@@ -4,6 +4,10 @@ One transaction per batch unpacks pending deliveries into alert rows (dedupe), r
 assigns incidents, matches runbooks, creates runs (subject to the storm rate limits), records throttles,
 and clears the pending markers. A crash anywhere before the commit leaves deliveries and alerts pending,
 so the next start picks them up again; after the commit they are done.
+
+A batch is bounded whatever the senders do: at most `alertmanager_batch_size` alerts are unpacked (a slice of
+a big notification, whose body is parsed before the transaction) and as many matched, so the write gate
+that webhook commits wait on is held for one slice at a time.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import Connection, select, text
 
+from runbot import tracing
 from runbot.adapters.alertmanager import incidents
 from runbot.adapters.alertmanager.ingest import DELIVERIES, Backlog, WriteGate
 from runbot.adapters.alertmanager.payload import template_alert
 from runbot.adapters.alertmanager.ratelimit import RunRateLimiter
-from runbot.adapters.alertmanager.unpack import Unpacked, prune_deliveries, unpack
+from runbot.adapters.alertmanager.tenants import RunbookScope
+from runbot.adapters.alertmanager.unpack import Unpacked, Unpacker, prune_deliveries
 from runbot.audit.log import Event, append
 from runbot.engine.control import CommandError
 from runbot.runbooks.loader import LoadedRunbook
@@ -41,7 +47,7 @@ ALERTS = tables.Alert.__table__  # type: ignore[attr-defined]
 PG_INTAKE_LOCK = 0x72756E626F74  # "runbot": serializes intake batches across replicas
 REQUESTER = "alertmanager"
 WORK_COLUMNS = ("id", "fingerprint", "starts_at", "ends_at", "status", "labels", "annotations", "generator_url",
-                "incident_id", "matched", "group_key", "group_labels", "note")  # what matching reads
+                "incident_id", "matched", "group_key", "group_labels", "note", "receiver", "extras")  # what matching reads
 MIN_BATCH = 10  # alerts matched per transaction even when a webhook commit is waiting
 BACKOFF, MAX_BACKOFF = 2.0, 0.05
 
@@ -55,6 +61,7 @@ class BatchReport:
     throttled: Counter[str] = field(default_factory=Counter)  # runbook -> alerts
     incidents_opened: int = 0
     incidents_resolved: int = 0
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)  # (receiver, runbook) -> alerts
 
 
 class IntakeProcessor(WorkerThread):
@@ -68,6 +75,8 @@ class IntakeProcessor(WorkerThread):
         self._pruned_to = 0  # processed deliveries up to this id are forgotten
         self.settings = rt.settings
         self.limiter = RunRateLimiter(rt.settings)
+        self.scope = RunbookScope(rt.settings.alertmanager_receiver_runbooks)
+        self.unpacker = Unpacker()  # keeps a big notification's parsed body between its slices
         self.batches = 0
         # While the webhook is busy, matching takes at most ~1/(1+BACKOFF) of the time: acknowledgements first,
         # the backlog is durable and catches up when the burst is over.
@@ -97,7 +106,7 @@ class IntakeProcessor(WorkerThread):
         while not self._stop.is_set():
             started = time.monotonic()
             report = self.process_batch()
-            if report.alerts == 0 and report.unpacked.deliveries == 0:
+            if report.alerts == 0 and report.unpacked.deliveries == 0 and report.unpacked.alerts == 0:
                 break
             total += report.alerts
             if self.webhook_busy():
@@ -108,11 +117,13 @@ class IntakeProcessor(WorkerThread):
 
     def process_batch(self) -> BatchReport:
         report = BatchReport()
+        size = self.settings.alertmanager_batch_size
+        self.unpacker.prepare(self.rt.db, size)  # parse bodies now, not while holding the gate
         now = utcnow()
         with self.gate.background(), self.rt.db.tx() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_INTAKE_LOCK})
-            report.unpacked = unpack(conn, now, self.settings.alertmanager_batch_size)
+            report.unpacked = self.unpacker.unpack(conn, now, size)
             self._prune(conn, report.unpacked)
             q = (select(*[ALERTS.c[c] for c in WORK_COLUMNS]).where(ALERTS.c.pending_since.is_not(None))
                  .order_by(ALERTS.c.pending_since, ALERTS.c.received_at).limit(self.settings.alertmanager_batch_size))  # fmt: skip
@@ -155,7 +166,7 @@ class IntakeProcessor(WorkerThread):
             raw.insert_many("alert_throttles", throttle_rows)
         self.limiter.save(conn, buckets, now)
         report.incidents_opened = sum(1 for e in touched.events if e.action == "incident.opened")
-        events = touched.events + self._throttle_events(throttle_rows, now)
+        events = touched.events + self._throttle_events(throttle_rows, now) + self._refusal_events(report, now)
         if events:
             append(conn, events)
 
@@ -178,10 +189,21 @@ class IntakeProcessor(WorkerThread):
             row["matched"], row["note"] = False, "unhandled: no runbook matches"
             report.unhandled += 1
             return
-        alert = template_alert(row["status"], row["labels"], row["annotations"], row["starts_at"], row["ends_at"],
-                               row["generator_url"], row["fingerprint"])  # fmt: skip
+        receiver = row["receiver"] or ""
         notes = []
+        allowed = [b for b in books if self.scope.may_start(receiver, b.name)]
+        names = {b.name for b in allowed}
         for book in books:
+            if book.name not in names:
+                report.refused[(receiver, book.name)] += 1
+                notes.append(f"{book.name}: not started: {self.scope.refusal(receiver, book.name)}")
+        if not allowed:
+            row["matched"], row["note"] = False, ("unhandled: " + "; ".join(notes))[:2000]
+            report.unhandled += 1
+            return
+        alert = template_alert(row["status"], row["labels"], row["annotations"], row["starts_at"], row["ends_at"],
+                               row["generator_url"], row["fingerprint"], row["extras"])  # fmt: skip
+        for book in allowed:
             refused = self.limiter.take(buckets, book.name, now)
             if refused is not None:
                 throttle_rows.append({"alert_id": row["id"], "runbook_name": book.name, "scope": refused,
@@ -216,9 +238,37 @@ class IntakeProcessor(WorkerThread):
         if row["matched"] is None:  # never matched while firing: it is over, so nothing is started for it
             row["matched"] = False
             row["note"] = "resolved before runbot matched it: no run started"
+            others = incidents.owners_elsewhere(conn, row) if row["incident_id"] is None else []
+            if others:
+                self._foreign_resolution(row, others, now, touched)
         if row["incident_id"] is None:  # recorded in its group's incident all the same (which then resolves)
             row["incident_id"] = incidents.incident_for(conn, row, now, 0.0, touched)
         touched.to_check.add(row["incident_id"])
+
+    def _foreign_resolution(self, row: dict[str, Any], others: list[dict[str, Any]], now: datetime,
+                            touched: incidents.Touched) -> None:  # fmt: skip
+        """A resolution for an alert this receiver never reported firing, while other receivers hold it:
+        it resolves nothing of theirs. Said on the alert and in the audit trail, with the owners' incidents."""
+        receiver = row["receiver"] or ""
+        owners = sorted({o["receiver"] for o in others})
+        reason = (f"receiver {receiver!r} sent 'resolved' for an alert it never reported firing; the same fingerprint "
+                  f"and startsAt belong to receiver(s) {', '.join(map(repr, owners))}, and an alert is resolved only by "
+                  "the receiver that sent it: their alerts and incidents are untouched")  # fmt: skip
+        row["note"] = f"resolved before runbot matched it: no run started; {reason}"[:2000]
+        for o in others:
+            touched.events.append(Event(
+                "intake.foreign_resolution_ignored", actor=f"alertmanager:{receiver}", incident_id=o["incident_id"],
+                outcome="ignored", details={"receiver": receiver, "owner": o["receiver"], "owner_status": o["status"],
+                                            "alert_id": row["id"], "fingerprint": row["fingerprint"],
+                                            "starts_at": row["starts_at"].isoformat(), "reason": reason}))  # fmt: skip
+        log.warning("a receiver's resolution for another receiver's alert was ignored", receiver=receiver,
+                    owners=owners, fingerprint=row["fingerprint"], alert_id=row["id"])  # fmt: skip
+
+    def _refusal_events(self, report: BatchReport, now: datetime) -> list[Event]:
+        return [Event("intake.receiver_refused", actor=f"alertmanager:{receiver}", runbook=book, outcome="refused",
+                      details={"receiver": receiver, "alerts": n, "at": now.isoformat(),
+                               "reason": self.scope.refusal(receiver, book)})
+                for (receiver, book), n in sorted(report.refused.items())]  # fmt: skip
 
     def _throttle_events(self, throttle_rows: list[dict[str, Any]], now: datetime) -> list[Event]:
         per_book: dict[str, list[dict[str, Any]]] = {}
@@ -234,6 +284,8 @@ class IntakeProcessor(WorkerThread):
             self.rt.engine.wake()
         m = self.rt.metrics
         if report.unpacked.deliveries:
+            log.info("alerts received", deliveries=report.unpacked.deliveries, new=report.unpacked.new,
+                     deduplicated=report.unpacked.duplicates, runs=len(report.runs))  # fmt: skip
             self.backlog.take(report.unpacked.alerts)
             if report.unpacked.duplicates:
                 m.alerts_deduplicated.inc(report.unpacked.duplicates)
@@ -241,6 +293,7 @@ class IntakeProcessor(WorkerThread):
             m.alerts_unhandled.inc(report.unhandled)
         for book, _ in report.runs:
             m.runs_created.labels(runbook=book).inc()
+        tracing.TRACER.delivery([run_id for _, run_id in report.runs], report.alerts)  # linked to its runs
         for book, n in sorted(report.throttled.items()):
             m.alerts_throttled.labels(runbook=book).inc(n)
             log.warning("alert storm: new runs throttled", runbook=book, alerts=n)

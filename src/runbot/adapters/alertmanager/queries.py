@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from runbot.adapters.alertmanager.payload import alert_links
 from runbot.engine.state import APPROVALS, INCIDENTS, RUNS, STEPS
 from runbot.store import tables
 
@@ -15,11 +16,12 @@ THROTTLES = tables.AlertThrottle.__table__  # type: ignore[attr-defined]
 REJECTS = tables.WebhookReject.__table__  # type: ignore[attr-defined]
 DELIVERIES = tables.WebhookDelivery.__table__  # type: ignore[attr-defined]
 DELIVERY_FIELDS = ("id", "received_at", "receiver", "alerts", "processed_at", "new", "duplicates", "error")
+PROGRESS = tables.WebhookDeliveryProgress.__table__  # type: ignore[attr-defined]
 MAX_LIMIT = 1000
 
 ALERT_FIELDS = ("id", "alertname", "status", "fingerprint", "starts_at", "ends_at", "labels", "annotations",
                 "generator_url", "incident_id", "receiver", "group_key", "received_at", "matched", "note",
-                "pending_since")  # fmt: skip
+                "pending_since", "extras")  # fmt: skip
 RUN_FIELDS = ("id", "runbook_name", "status", "incident_id", "alert_id", "requester", "manual", "created_at",
               "started_at", "finished_at", "reason")  # fmt: skip
 
@@ -35,6 +37,14 @@ def _limit(n: int) -> int:
     return max(1, min(int(n), MAX_LIMIT))
 
 
+def alert_view(row: Any) -> dict[str, Any]:
+    """An alert as the API shows it: its columns, and `links` (Grafana's dashboard, panel, silence and image
+    URLs, plus the generator URL) so every reader finds them in one place."""
+    out = jsonable(row, ALERT_FIELDS)
+    out["links"] = alert_links(out.get("extras"), out.get("generator_url"))
+    return out
+
+
 def list_alerts(conn: Connection, *, status: str | None = None, incident: str | None = None,
                 unhandled: bool = False, pending: bool = False, limit: int = 50) -> list[dict[str, Any]]:  # fmt: skip
     q = select(ALERTS).order_by(ALERTS.c.received_at.desc(), ALERTS.c.id).limit(_limit(limit))
@@ -46,7 +56,7 @@ def list_alerts(conn: Connection, *, status: str | None = None, incident: str | 
         q = q.where(ALERTS.c.matched.is_(False))
     if pending:
         q = q.where(ALERTS.c.pending_since.is_not(None))
-    return [jsonable(r, ALERT_FIELDS) for r in conn.execute(q).mappings()]
+    return [alert_view(r) for r in conn.execute(q).mappings()]
 
 
 def _incident_counts(conn: Connection, ids: list[str]) -> dict[str, dict[str, int]]:
@@ -85,7 +95,7 @@ def incident_detail(conn: Connection, incident_id: str) -> dict[str, Any] | None
     if row is None:
         return None
     out = {**jsonable(row), **_incident_counts(conn, [incident_id])[incident_id]}
-    out["alerts"] = [jsonable(r, ALERT_FIELDS) for r in conn.execute(
+    out["alerts"] = [alert_view(r) for r in conn.execute(
         select(ALERTS).where(ALERTS.c.incident_id == incident_id).order_by(ALERTS.c.starts_at, ALERTS.c.id)).mappings()]  # fmt: skip
     out["runs"] = list_runs(conn, incident=incident_id, limit=MAX_LIMIT)
     return out
@@ -158,4 +168,9 @@ def delivery(conn: Connection, delivery_id: int) -> dict[str, Any] | None:
         return None
     out = jsonable(row)
     out["state"] = "pending" if row["processed_at"] is None else ("failed" if row["error"] else "unpacked")
+    out["unpacked"] = row["alerts"] if out["state"] == "unpacked" else 0
+    if row["processed_at"] is None:  # a big one may be part way through (slices)
+        progress = conn.execute(select(PROGRESS).where(PROGRESS.c.delivery_id == delivery_id)).mappings().first()
+        if progress is not None:
+            out.update(unpacked=progress["unpacked"], new=progress["new"], duplicates=progress["duplicates"])
     return out

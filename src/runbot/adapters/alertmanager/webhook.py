@@ -1,5 +1,8 @@
 """POST /webhooks/alertmanager: authenticate, cap, validate, commit, answer. Nothing else on the request path.
 
+Grafana Alerting's webhook contact point posts the same way (`version: "1"`, detected from the body), to this
+path or to its alias /webhooks/grafana, with the same credentials.
+
 Responses (JSON):
   200 {"status": "ok", "alerts": n, "delivery": id}   committed (re-deliveries are fine: dedupe comes after)
   400 malformed JSON; 422 wrong shape or version (with "problems": [{field, message}])
@@ -24,13 +27,14 @@ from starlette.concurrency import run_in_threadpool
 
 from runbot.adapters.alertmanager.auth import ANY_RECEIVER, Credential, authenticate, webhook_credentials
 from runbot.adapters.alertmanager.ingest import DeliveryWriter, store_reject
-from runbot.adapters.alertmanager.payload import PayloadError, check
+from runbot.adapters.alertmanager.payload import CHUNKED_ABOVE, PayloadError, check
 
 if TYPE_CHECKING:
     from runbot.app import Runtime
 
 log = structlog.get_logger("runbot.webhook")
 PATH = "/webhooks/alertmanager"
+GRAFANA_PATH = "/webhooks/grafana"  # the same endpoint, under the name a Grafana contact point is given
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="runbot", Basic realm="runbot"'}
 NOT_CONFIGURED = ("webhook credentials are not configured: set RUNBOT_ALERTMANAGER_WEBHOOK_TOKEN (or "
                   "RUNBOT_ALERTMANAGER_ALLOW_UNAUTHENTICATED=true for a local demo)")  # fmt: skip
@@ -107,7 +111,8 @@ def webhook_endpoint(rt: Runtime, writer: DeliveryWriter) -> Callable[[Request],
             await keep(cred, 413, msg, big.head, big.size)
             return refuse(413, {"error": msg}, "too_large", started)
         try:
-            payload = check(body)
+            # a big body is checked in chunks on a worker thread, so the loop acknowledges others in between
+            payload = check(body) if len(body) <= CHUNKED_ABOVE else await run_in_threadpool(check, body)
         except PayloadError as exc:
             await keep(cred, exc.status, exc.message, body, len(body))
             log.warning("webhook payload refused", status=exc.status, error=exc.message)

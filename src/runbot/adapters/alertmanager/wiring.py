@@ -18,7 +18,7 @@ from runbot.adapters.alertmanager.api import api_router, reload_runbooks
 from runbot.adapters.alertmanager.ingest import DeliveryWriter, WriteGate
 from runbot.adapters.alertmanager.processor import IntakeProcessor
 from runbot.adapters.alertmanager.silences import SilenceCheck
-from runbot.adapters.alertmanager.webhook import PATH, webhook_endpoint
+from runbot.adapters.alertmanager.webhook import GRAFANA_PATH, PATH, webhook_endpoint
 
 if TYPE_CHECKING:
     from runbot.app import Runtime
@@ -40,7 +40,9 @@ def install(rt: Runtime, app: FastAPI) -> None:
     processor = IntakeProcessor(rt, gate, writer.backlog)
     writer.on_commit = processor.notify
     processor.webhook_busy = lambda: time.monotonic() - writer.last_commit < 0.05
-    app.add_route(PATH, webhook_endpoint(rt, writer), methods=["POST"], include_in_schema=False)
+    endpoint = webhook_endpoint(rt, writer)
+    app.add_route(PATH, endpoint, methods=["POST"], include_in_schema=False)
+    app.add_route(GRAFANA_PATH, endpoint, methods=["POST"], include_in_schema=False)
     app.include_router(api_router(rt))
     rt.background.append(writer.start)
     rt.stoppers.append(writer.stop)

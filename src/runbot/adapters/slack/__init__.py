@@ -36,6 +36,7 @@ def install(rt: Runtime, app: FastAPI) -> None:
     bolt = build_bolt_app(svc)
     app.state.slack = svc
     rt.engine.outbox_enabled = True
+    rt.engine.on_outbox = svc.delivery.wake
     rt.background.append(svc.delivery.start)
     rt.stoppers.append(svc.delivery.stop)
     if svc.creds.mode == "socket":
@@ -47,6 +48,9 @@ def install(rt: Runtime, app: FastAPI) -> None:
         handler = AsyncSlackRequestHandler(bolt)
 
         async def slack_events(request: Request) -> Response:
+            stamp = request.headers.get("x-slack-request-timestamp")
+            if stamp is not None and not stamp.strip().isdigit():
+                return Response(status_code=401)  # not a time: unsigned, whatever Bolt would make of it
             return await handler.handle(request)
 
         # a plain Starlette route: Bolt reads the raw body itself (the signature covers the exact bytes)

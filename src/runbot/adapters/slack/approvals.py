@@ -1,8 +1,9 @@
 """Approve / deny from Slack (buttons, modal, `/runbot approve`): one policy, checked in one place.
 
-Slack-only checks happen here (workspace, approver membership, runbook changed since the request,
-incident resolved, cancel requested); the engine's `vote` then does the rest with compare-and-set
-(expiry, finished run, self-approval, distinct approvers, concurrent clicks). Refusals are audited.
+Slack-only checks happen here (workspace, runbook changed since the request, incident resolved, cancel
+requested) and the Slack facts are looked up (which approver groups the clicker is in); the engine's `vote`
+then applies the one approval policy (engine/approvals.py: approvers, label table, self-approval, distinct
+people) and the rest with compare-and-set (expiry, finished run, concurrent clicks). Refusals are audited.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import select
 
-from runbot.adapters.slack.authz import Actor, Authorizer
+from runbot.adapters.slack.authz import Actor, Authorizer, DirectoryError
 from runbot.adapters.slack.store import SlackStore
-from runbot.audit import log as audit
-from runbot.engine.control import CommandError
+from runbot.engine.control import ApprovalRefused, CommandError
 from runbot.engine.state import APPROVALS, INCIDENTS, RUNS, VERSIONS
 
 if TYPE_CHECKING:
@@ -54,13 +54,21 @@ class ApprovalService:
         if found is None:
             return Decision(False, "Unknown approval (it may belong to another runbot installation).")
         appr, run = found
-        problem = self.authorizer.approval_problem(actor, appr) or self.stale_problem(appr, run)
+        problem = self.authorizer.workspace_problem(actor) or self.stale_problem(appr, run)
+        member_of: dict[str, bool] = {}
+        if not problem:
+            try:
+                member_of = self.authorizer.membership(actor, appr)
+            except DirectoryError as exc:
+                problem = f"could not check the approver groups ({exc}); try again in a moment"
         if problem:
             self._audit_refusal(actor, appr, run, problem, approve)
             return Decision(False, f"Refused: {problem}.", run["id"])
-        try:
-            res = self.rt.engine.vote(approval_id, actor.ref, approve, user_name=actor.user_name or actor.user_id,
-                                      reason=reason or None)  # fmt: skip
+        try:  # the engine's approval policy decides who this is and whether they may vote
+            res = self.rt.engine.vote(approval_id, actor.identity, approve, user_name=actor.user_name or actor.user_id,
+                                      reason=reason or None, member_of=member_of)  # fmt: skip
+        except ApprovalRefused as exc:  # audited by the engine
+            return Decision(False, f"Refused: {exc}.", run["id"])
         except CommandError as exc:
             self._audit_refusal(actor, appr, run, str(exc), approve)
             return Decision(False, f"Refused: {exc}.", run["id"])
@@ -76,7 +84,14 @@ class ApprovalService:
         appr, run = found
         if appr["status"] != "pending":
             return f"This approval is already {appr['status']}."
-        return self.authorizer.approval_problem(actor, appr) or self.stale_problem(appr, run)
+        problem = self.authorizer.workspace_problem(actor) or self.stale_problem(appr, run)
+        if problem:
+            return problem
+        try:
+            member_of = self.authorizer.membership(actor, appr)
+        except DirectoryError as exc:
+            return f"could not check the approver groups ({exc}); try again in a moment"
+        return self.rt.engine.vote_problem(approval_id, actor.identity, False, member_of)
 
     def stale_problem(self, appr: dict[str, Any], run: dict[str, Any]) -> str | None:
         """A click that no longer fits the world: run stopping, incident resolved, runbook changed."""
@@ -116,13 +131,5 @@ class ApprovalService:
 
     def _audit_refusal(self, actor: Actor, appr: dict[str, Any], run: dict[str, Any], why: str,
                        approve: bool) -> None:  # fmt: skip
-        try:
-            with self.rt.db.tx() as conn:
-                audit.append(conn, [audit.Event("approval.refused", actor=actor.ref, run_id=run["id"],
-                                                step_id=appr["step_id"], incident_id=run.get("incident_id"),
-                                                runbook=run["runbook_name"], outcome="refused",
-                                                details={"approval_id": appr["id"], "reason": why,
-                                                         "decision": "approve" if approve else "deny",
-                                                         "user_name": actor.user_name, "team_id": actor.team_id})])  # fmt: skip
-        except Exception as exc:  # the refusal stands even if its audit record could not be written
-            log.warning("could not audit a refused approval", run_id=run["id"], error=type(exc).__name__)
+        self.rt.engine.audit_refusal(appr, run, actor.identity, why, approve, user_name=actor.user_name,
+                                     team_id=actor.team_id)  # fmt: skip

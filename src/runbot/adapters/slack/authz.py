@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from slack_sdk import WebClient
 
 from runbot.adapters.slack import escape as E
+from runbot.engine.approvals import ApprovalRequest, Identity, PolicyConfig, approver_problem
 from runbot.settings import Settings
 
 T = TypeVar("T")
@@ -36,9 +37,14 @@ class Actor:
     enterprise_id: str | None = None
 
     @property
+    def identity(self) -> Identity:
+        """The stable id the approval policy knows this person by: user id plus team, never the name."""
+        return Identity.slack(self.user_id, self.team_id)
+
+    @property
     def ref(self) -> str:
-        """How runbot names this person in runs, votes and the audit trail."""
-        return f"slack:{self.user_id}"
+        """How runbot names this person in runs, votes and the audit trail (`slack:T…/U…`)."""
+        return self.identity.ref
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Actor:
@@ -156,44 +162,53 @@ class Authorizer:
         return None
 
     def member_of_any(self, actor: Actor, refs: list[str]) -> bool:
-        """Is the person named in `refs` (user id, user name, `*`) or in one of the groups there?"""
+        """Is the person named in `refs` (user id, or `*` in admin settings) or in one of the groups there?
+
+        Names are never compared: a user called `sre-oncall` is not the group `sre-oncall`.
+        """
         for ref in refs:
             r = ref.removeprefix("slack:")
-            if r == ANYONE or r == actor.user_id or (actor.user_name and r.lstrip("@") == actor.user_name):
+            if r == ANYONE or r.rpartition("/")[2] == actor.user_id:
                 return True
         for ref in refs:
             r = ref.removeprefix("slack:")
-            if E.is_user_id(r) or r == ANYONE:
+            if E.is_user_id(r.rpartition("/")[2]) or r == ANYONE:
                 continue
             gid = self.directory.group_id(r)
             if gid is not None and actor.user_id in self.directory.members(gid):
                 return True
         return False
 
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig.from_settings(self.settings)
+
     def approvers(self, appr: dict[str, Any]) -> list[str]:
-        """Users and groups allowed to approve: the step's, plus the escalation group once escalated."""
-        policy = appr.get("policy") or {}
-        refs = [*policy.get("slack_users", []), *policy.get("slack_usergroups", [])]
-        if appr.get("escalated"):
-            esc = (policy.get("escalate_to") or {}).get("usergroup") or self.settings.slack_escalation_usergroup
-            if esc:
-                refs.append(str(esc))
-        return list(dict.fromkeys(str(r) for r in refs if r))
+        """Groups and users allowed to approve in Slack: the step's, label-derived (through the configured
+        table only), plus the escalation group once escalated."""
+        cfg = self.policy()
+        req = ApprovalRequest.from_row(appr, cfg)
+        return list(dict.fromkeys([*req.groups(cfg), *req.users()]))
+
+    def membership(self, actor: Actor, appr: dict[str, Any]) -> dict[str, bool]:
+        """Which of the approval's groups the person is in (looked up in Slack), for the engine's policy."""
+        cfg = self.policy()
+        out: dict[str, bool] = {}
+        for ref in ApprovalRequest.from_row(appr, cfg).groups(cfg):
+            gid = self.directory.group_id(ref)
+            out[ref] = gid is not None and actor.user_id in self.directory.members(gid)
+        return out
 
     def approval_problem(self, actor: Actor, appr: dict[str, Any]) -> str | None:
+        """Slack's part (workspace, group lookups) then the engine's approval policy, without prior votes."""
         problem = self.workspace_problem(actor)
         if problem:
             return problem
-        refs = self.approvers(appr)
-        if not refs:
-            return ("no Slack approvers are configured for this step; an operator can approve on the host with "
-                    "`runbot runs approve RUN --as NAME`")  # fmt: skip
         try:
-            if not self.member_of_any(actor, refs):
-                return "you are not one of the approvers for this step (" + ", ".join(refs) + ")"
+            member_of = self.membership(actor, appr)
         except DirectoryError as exc:
             return f"could not check the approver groups ({exc}); try again in a moment"
-        return None
+        cfg = self.policy()
+        return approver_problem(ApprovalRequest.from_row(appr, cfg), actor.identity, cfg, member_of)
 
     def may_run(self, actor: Actor, runbook: str) -> bool:
         refs = [r for pattern, who in self.settings.slack_run_allow.items()
@@ -204,5 +219,6 @@ class Authorizer:
         return bool(self.settings.slack_operators) and self.member_of_any(actor, self.settings.slack_operators)
 
     def may_freeze(self, actor: Actor) -> bool:
+        """Operators, plus whoever RUNBOT_SLACK_FREEZE_ALLOW names (default nobody else: not the whole workspace)."""
         return self.is_operator(actor) or (bool(self.settings.slack_freeze_allow)
                                            and self.member_of_any(actor, self.settings.slack_freeze_allow))  # fmt: skip

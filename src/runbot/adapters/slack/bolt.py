@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,10 +21,13 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from runbot.adapters.slack.authz import Actor, DirectoryError
 from runbot.adapters.slack.blocks import APPROVE_ACTION, DENY_ACTION
+from runbot.adapters.slack.budget import fit
 from runbot.adapters.slack.escape import esc
 from runbot.adapters.slack.service import SlackService
 from runbot.adapters.slack.views import (
     DENY_VIEW,
+    HOME_PAGE_ACTION,
+    PARAM_INDEX,
     PARAM_PREFIX,
     RUN_VIEW,
     deny_modal,
@@ -36,6 +40,7 @@ from runbot.engine.guards import freeze_state
 
 log = structlog.get_logger("runbot.slack")
 OOPS = ":warning: Something went wrong on runbot's side; the details are in its log. Nothing was changed twice."
+REPLY_BUDGET = 12_000  # an ephemeral answer: far below Slack's 40,000, still a long read
 
 
 def build_bolt_app(svc: SlackService) -> AsyncApp:
@@ -66,10 +71,11 @@ def build_bolt_app(svc: SlackService) -> AsyncApp:
         except Exception as exc:
             log.warning("could not answer in Slack", error=f"{type(exc).__name__}: {exc}")
 
-    async def publish_home(actor: Actor, note: str | None = None) -> None:
+    async def publish_home(actor: Actor, note: str | None = None, page: int = 0) -> None:
         def build() -> dict[str, Any]:
             pending = svc.commands.pending_for_actor(actor)
-            return home_view(pending, svc.commands.recent_runs(), freeze_state(svc.rt.db), note)
+            return home_view(pending, svc.commands.recent_runs(), freeze_state(svc.rt.db), note, page=page,
+                             cmd=s.slack_command)  # fmt: skip
 
         await svc.async_client.views_publish(user_id=actor.user_id, view=await asyncio.to_thread(build))
 
@@ -100,7 +106,7 @@ def build_bolt_app(svc: SlackService) -> AsyncApp:
             reply = await asyncio.to_thread(svc.commands.handle, actor, str(body.get("text") or ""), origin)
             if reply.modal is not None:
                 await client.views_open(trigger_id=body["trigger_id"], view=reply.modal)
-            await respond(text=reply.text, response_type="ephemeral")
+            await respond(text=fit(reply.text, REPLY_BUDGET), response_type="ephemeral")
         except Exception as exc:
             log.error("slash command failed", command=str(body.get("text"))[:100], error=f"{type(exc).__name__}: {exc}")
             await respond(text=OOPS, response_type="ephemeral")
@@ -121,6 +127,15 @@ def build_bolt_app(svc: SlackService) -> AsyncApp:
         except Exception as exc:
             log.error("approval click failed", error=f"{type(exc).__name__}: {exc}")
             await tell(body, OOPS, respond)
+
+    @app.action(re.compile(f"^{HOME_PAGE_ACTION}:"))
+    async def on_home_page(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        value = str(((body.get("actions") or [{}])[0]).get("value") or "0")
+        try:
+            await publish_home(Actor.from_body(body), page=int(value) if value.isdigit() else 0)
+        except Exception as exc:
+            log.error("App Home page failed", error=f"{type(exc).__name__}: {exc}")
 
     @app.action(APPROVE_ACTION)
     async def on_approve(ack: Any, body: dict[str, Any], respond: Any) -> None:
@@ -168,12 +183,12 @@ def build_bolt_app(svc: SlackService) -> AsyncApp:
     @app.view(RUN_VIEW)
     async def on_run_submit(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         meta = _meta(view)
-        params = submitted_params(view)
         book = svc.rt.catalog.get(str(meta.get("runbook") or ""))
         if book is None:
             await ack(response_action="errors", errors={_first_block(view): "this runbook is no longer loaded"})
             return
         try:
+            params = submitted_params(view, book)
             book.spec.resolve_params(params)
         except ValueError as exc:
             await ack(response_action="errors", errors={_first_block(view): str(exc)[:150]})
@@ -223,6 +238,6 @@ def _meta(view: dict[str, Any]) -> dict[str, Any]:
 
 def _first_block(view: dict[str, Any]) -> str:
     for b in view.get("blocks") or []:
-        if str(b.get("block_id", "")).startswith(PARAM_PREFIX):
+        if str(b.get("block_id", "")).startswith((PARAM_PREFIX, PARAM_INDEX)):
             return str(b["block_id"])
     return "none"

@@ -88,8 +88,8 @@ class Commands:
             return Reply(f":no_entry: {E.esc(problem)}.")
         try:
             return handler(actor, args, origin)
-        except BadArgs as exc:
-            return Reply(f":warning: {E.esc(exc)}\n{usage(self.cmd)}")
+        except BadArgs as exc:  # its message is mrkdwn already (untrusted parts escaped where it was written)
+            return Reply(f":warning: {exc}\n{usage(self.cmd)}")
         except CommandError as exc:
             return Reply(f":no_entry: {E.esc(exc)}")
         except DirectoryError as exc:
@@ -211,7 +211,7 @@ class Commands:
 
     def freeze(self, actor: Actor, args: list[str], origin: dict[str, Any]) -> Reply:
         if not self.authorizer.may_freeze(actor):
-            return Reply(":no_entry: You may not freeze remediations (see RUNBOT_SLACK_FREEZE_ALLOW).")
+            return Reply(":no_entry: You may not freeze remediations: only operators and RUNBOT_SLACK_FREEZE_ALLOW may (see RUNBOT_SLACK_OPERATORS).")
         reason = " ".join(args) or "frozen from Slack"
         self.rt.engine.set_freeze(True, actor.ref, reason)
         self.on_change()
@@ -278,7 +278,7 @@ class Commands:
         for r in rows:
             appr = dict(r)
             try:
-                if self.authorizer.member_of_any(actor, self.authorizer.approvers(appr)):
+                if self.authorizer.approval_problem(actor, appr) is None:  # the engine's policy decides
                     out.append((appr, {"id": appr["run_id"], "runbook_name": appr["runbook_name"]}))
             except DirectoryError:
                 continue
