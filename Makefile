@@ -1,5 +1,5 @@
 .PHONY: demo test bench lint
-demo:          ## run the bot with the demo runbook (SQLite); fire a sample alert from another shell
+demo:          ## the real loop on 127.0.0.1: demo exporter, Prometheus, Alertmanager and runbot (SQLite in data/demo)
 	scripts/demo.sh
 test:          ## set up everything and run lint, type checks and all tests
 	scripts/test.sh

@@ -60,15 +60,19 @@ def discover(start: Path) -> Path | None:
 
 
 def choose(explicit: Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
-    """--config, then RUNBOT_CONFIG (or RUNBOT_CONFIG_FILE), then the project file found upwards."""
-    named = explicit or (Path(environ["RUNBOT_CONFIG"]) if environ.get("RUNBOT_CONFIG") else None) or (
+    """--config, then RUNBOT_CONFIG (or RUNBOT_CONFIG_FILE), then the project file found upwards.
+
+    `RUNBOT_CONFIG=none` turns the search upwards off (a file named explicitly is still read)."""
+    config = environ.get("RUNBOT_CONFIG") or ""
+    no_search = config.lower() == "none"
+    named = explicit or (Path(config) if config and not no_search else None) or (
         Path(environ["RUNBOT_CONFIG_FILE"]) if environ.get("RUNBOT_CONFIG_FILE") else None)  # fmt: skip
     if named is not None:
         if not named.is_file():
             raise ConfigError(f"config file {named} does not exist",
                               "check the path given with --config or RUNBOT_CONFIG")  # fmt: skip
         return named
-    return discover(cwd)
+    return None if no_search else discover(cwd)
 
 
 def read(path: Path, known: set[str]) -> ConfigFile:

@@ -546,7 +546,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Settings for a command: the project config file found (or named), and mistakes refused.
 
     Raises ConfigError (one line and a hint) for a missing config file, an unknown key or RUNBOT_* variable,
-    or a value that does not validate. `RUNBOT_CONFIG=none` ignores any project file.
+    or a value that does not validate. `RUNBOT_CONFIG=none` turns the search for a project file off.
     """
     from runbot import config_file as cf
 
@@ -554,11 +554,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     known = set(Settings.model_fields)
     cf.check_environment(env, known)
     values = {k: v for k, v in overrides.items() if v is not None}
-    if env.get("RUNBOT_CONFIG", "").lower() != "none" or config_file is not None:
-        path = cf.choose(config_file, env, Path.cwd())
-        if path is not None:
-            cfg = cf.read(path, known)
-            values = {**cf.relative_paths(cfg, set(PATH_FIELDS), env), **values, "config_file": path}
+    path = cf.choose(config_file, env, Path.cwd())
+    if path is not None:
+        cfg = cf.read(path, known)
+        values = {**cf.relative_paths(cfg, set(PATH_FIELDS), env), **values, "config_file": path}
     try:
         return Settings(**values)
     except ValidationError as exc:

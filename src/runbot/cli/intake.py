@@ -179,20 +179,28 @@ def fire(
     url: str | None = typer.Option(None, "--url", help="Webhook URL (default: this config's host and port)."),
     token: str | None = typer.Option(None, "--token", envvar="RUNBOT_FIRE_TOKEN",
                                      help="Bearer token (default: RUNBOT_ALERTMANAGER_WEBHOOK_TOKEN)."),
-    fresh: bool = typer.Option(False, "--fresh", help="Stamp startsAt with now: a new alert, not a repeat."),
+    fresh: bool = typer.Option(False, "--fresh", help="Stamp startsAt with now even if the alert is firing: a new "
+                               "occurrence, not a repeat."),
     resolve: bool = typer.Option(False, "--resolve", help="Send it as resolved (endsAt now)."),
+    keep_times: bool = typer.Option(False, "--keep-times", help="Send the file's startsAt/endsAt unchanged."),
 ) -> None:
-    """Post a sample Alertmanager notification to a running bot (sending it twice shows the dedupe)."""
+    """Post a sample Alertmanager notification to a running bot, timed as Alertmanager would: an alert still
+    firing keeps its startsAt (sending it twice shows the dedupe), any other starts now."""
     import httpx
 
+    from runbot.adapters.alertmanager.payload import fingerprint
     from runbot.cli.main import fail, read_alerts, settings
 
     s = settings()
     data = _payload(file, read_alerts)
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    firing = {} if keep_times or fresh else _firing_starts(s.effective_database_url)
     for a in data["alerts"]:
-        if fresh:
-            a["startsAt"] = now
+        if not keep_times:
+            fp = a.get("fingerprint") or fingerprint(a.get("labels") or {})
+            a["fingerprint"], a["startsAt"] = fp, firing.get(fp, now)
+            if a.get("status") == "resolved":
+                a["endsAt"] = now
         if resolve:
             a["status"], a["endsAt"] = "resolved", now
     if resolve:
@@ -224,6 +232,33 @@ def fire(
         if outcome is not None:
             body |= {"new": outcome["new"], "duplicates": outcome["duplicates"]}
     typer.echo(f"sent {len(data['alerts'])} alert(s) to {target}: {json.dumps(body, sort_keys=True)}")
+
+
+def _firing_starts(url: str) -> dict[str, str]:
+    """fingerprint -> startsAt of the alerts firing in this shell's database (the oldest occurrence); empty
+    when there is none to read (nothing is created or migrated here)."""
+    from sqlalchemy import select
+
+    from runbot.adapters.alertmanager.queries import ALERTS
+    from runbot.store.db import Database, sqlite_file
+
+    file = sqlite_file(url)
+    if url.startswith("sqlite") and (file is None or not file.is_file()):
+        return {}
+    db = Database(url)
+    out: dict[str, str] = {}
+    try:
+        with db.read() as conn:
+            rows = conn.execute(select(ALERTS.c.fingerprint, ALERTS.c.starts_at).where(ALERTS.c.status == "firing")
+                                .order_by(ALERTS.c.starts_at.desc())).all()  # fmt: skip
+        for fp, starts in rows:  # oldest last, so it wins
+            when = starts if starts.tzinfo else starts.replace(tzinfo=UTC)
+            out[fp] = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except Exception:  # noqa: S110 - unreadable or older schema: the alerts start now
+        pass
+    finally:
+        db.dispose()
+    return out
 
 
 def _unpacked(delivery_id: int, timeout: float = 10.0) -> dict[str, Any] | None:
