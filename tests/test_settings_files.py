@@ -20,6 +20,7 @@ def _no_runbot_env(monkeypatch):
     for k in list(__import__("os").environ):
         if k.startswith("RUNBOT_"):
             monkeypatch.delenv(k)
+    monkeypatch.setenv("RUNBOT_CONFIG", "none")  # not the checkout's runbot.yaml
 
 
 def secret_file(tmp_path: Path, name: str, content: str) -> Path:

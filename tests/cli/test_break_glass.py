@@ -61,7 +61,7 @@ def host(request, tmp_path, runbooks_dir):
         run_id = rt.engine.create_run(rt.catalog.get("clean"), alert={"labels": {"alertname": "DiskFull"}},
                                       requester="alertmanager")  # fmt: skip
         assert drive(rt, run_id) is RunStatus.WAITING
-        e = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+        e = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
         e.update(RUNBOT_DATA_DIR=str(tmp_path / "data"), RUNBOT_RUNBOOKS_DIR=str(runbooks_dir),
                  RUNBOT_DATABASE_URL=db_url, USER="alice", LOGNAME="alice", **env)  # fmt: skip
         return rt, run_id, e

@@ -35,7 +35,7 @@ def env(tmp_path, runbooks_dir):
             approval: {approvers: {slack_usergroups: [sre]}, timeout: 10m}
             with: {message: "cleaning logs older than {{ params.keep_days }} days"}
     """)
-    e = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    e = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
     e.update(RUNBOT_DATA_DIR=str(tmp_path / "data"), RUNBOT_RUNBOOKS_DIR=str(runbooks_dir))
     return e
 

@@ -27,7 +27,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory):
 
 
 def check(tmp_path: Path, servers: dict, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
     env.update(RUNBOT_DATA_DIR=str(tmp_path / "data"), RUNBOT_RUNBOOKS_DIR=str(tmp_path),
                RUNBOT_PROMETHEUS_SERVERS=json.dumps(servers))  # fmt: skip
     out = subprocess.run([RUNBOT, "prometheus", "check", *args], env=env, capture_output=True, text=True, timeout=60)

@@ -25,7 +25,7 @@ RUNBOT = str(Path(sys.executable).with_name("runbot"))
 
 
 def _env(db_url: str, tmp_path: Path, runbooks: Path, port: int, target_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
     env.update({
         "RUNBOT_DATABASE_URL": db_url, "RUNBOT_DATA_DIR": str(tmp_path / "data"),
         "RUNBOT_RUNBOOKS_DIR": str(runbooks), "RUNBOT_PORT": str(port), "RUNBOT_LEASE_SECONDS": "3",

@@ -17,7 +17,7 @@ RUNBOT = str(Path(sys.executable).with_name("runbot"))
 
 def clean_env(**runbot: str) -> dict[str, str]:
     """This process's environment without any RUNBOT_* variable, plus the given ones (RUNBOT_ prefixed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
     env.update({f"RUNBOT_{k.upper()}": v for k, v in runbot.items()})
     return env
 

@@ -42,7 +42,7 @@ class RunbotServer:
         return f"sqlite:///{(self.workdir / 'data' / 'runbot.db').resolve()}"
 
     def env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+        base = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
         base.update({
             "RUNBOT_DATA_DIR": str(self.workdir / "data"), "RUNBOT_RUNBOOKS_DIR": str(self.runbooks_dir),
             "RUNBOT_HOST": "127.0.0.1", "RUNBOT_PORT": str(self.port), "RUNBOT_POLL_INTERVAL": "0.2",

@@ -57,7 +57,7 @@ def refused_click(bot: Bot, run_id: str, user: User) -> str:
 
 def cli(bot: Bot, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI on the host, against the bot's own database, configured like the bot."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}
+    e = {**{k: v for k, v in os.environ.items() if not k.startswith("RUNBOT_")}, "RUNBOT_CONFIG": "none"}
     s = bot.settings()
     e.update(RUNBOT_DATA_DIR=str(s.data_dir), RUNBOT_RUNBOOKS_DIR=str(s.runbooks_dir),
              RUNBOT_IDENTITY_MAP=json.dumps(s.identity_map), USER="root-or-anyone", LOGNAME="ignored", **(env or {}))  # fmt: skip
