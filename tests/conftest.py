@@ -124,3 +124,11 @@ def story_on(db_url: str, make_runtime: Callable[..., Any], runbooks_dir: Path, 
     from tests.support.incident_story import tell_story
 
     return tell_story(make_runtime, runbooks_dir, tmp_path, db_url)
+
+
+@pytest.fixture
+def hostile(make_runtime: Callable[..., Any], runbooks_dir: Path) -> Any:
+    """An incident written by an attacker (see support/hostile): for the export and postmortem safety tests."""
+    from tests.support.hostile import tell_hostile_story
+
+    return tell_hostile_story(make_runtime, runbooks_dir)

@@ -20,16 +20,11 @@ from tests.support.hostile import (
     browse,
     commonmark_html,
     render_markdown_in_chromium,
-    tell_hostile_story,
 )
 
 needs_chromium = pytest.mark.skipif(chromium_binary() is None and not os.environ.get("CI"),
                                     reason="needs Chromium (apt-get install chromium)")  # fmt: skip
 
-
-@pytest.fixture
-def hostile(make_runtime, runbooks_dir):
-    return tell_hostile_story(make_runtime, runbooks_dir)
 
 
 def export(rt, fmt, **flt):

@@ -19,16 +19,11 @@ from tests.support.hostile import (
     browse,
     commonmark_html,
     render_markdown_in_chromium,
-    tell_hostile_story,
 )
 
 pytestmark = pytest.mark.skipif(chromium_binary() is None and not os.environ.get("CI"),
                                 reason="needs Chromium (apt-get install chromium)")  # fmt: skip
 
-
-@pytest.fixture
-def hostile(make_runtime, runbooks_dir):
-    return tell_hostile_story(make_runtime, runbooks_dir)
 
 
 def test_the_markdown_postmortem_runs_no_script_has_no_foreign_link_and_keeps_outputs_fenced(hostile, tmp_path):
