@@ -51,7 +51,6 @@ from runbot.runbooks.model import RetryPolicy, StepSpec
 from runbot.runbooks.templating import (
     TemplateFailure,
     mask_placeholders,
-    render,
     render_async,
     resolve_secrets,
     secret_refs,
@@ -485,7 +484,13 @@ class Engine(ControlMixin):
                 self._record_skip(R, step, "`when` was false")
                 return Skipped("`when` was false")
         if step.approval is not None and verify_of is None:
-            gate = self._approval_gate(R, step)
+            rendered: Any = None
+            if R.approvals.get(step.sid) is None:  # a new request shows the rendered parameters: render off-loop
+                try:
+                    rendered = await render_async(step.with_, R.scope)
+                except TemplateFailure as exc:
+                    return self._fail_before_start(R, step, f"template error in `with`: {exc}")
+            gate = self._approval_gate(R, step, rendered)
             if gate is not None:
                 return gate
         return await self._attempt(R, step, 1, verify_of=verify_of)
@@ -948,16 +953,13 @@ class Engine(ControlMixin):
 
     # ---- approvals ----------------------------------------------------------------------------------------------
 
-    def _approval_gate(self, R: RunState, step: StepSpec) -> Outcome | None:
+    def _approval_gate(self, R: RunState, step: StepSpec, rendered: Any = None) -> Outcome | None:
+        """`rendered`: the step's `with`, rendered by the caller (off the loop) when no request exists yet."""
         spec = step.approval
         assert spec is not None
         appr = R.approvals.get(step.sid)
         now = utcnow()
         if appr is None:
-            try:
-                rendered = render(step.with_, R.scope)
-            except TemplateFailure as exc:
-                return self._fail_before_start(R, step, f"template error in `with`: {exc}")
             # label values are kept apart and only ever looked up in approval_label_groups (engine/approvals.py)
             req = ApprovalRequest.from_spec(spec, (R.scope.get("alert") or {}).get("labels"), R.row["requester"])
             policy = {**req.policy_fields(),
